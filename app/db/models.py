@@ -1,0 +1,283 @@
+"""The schema of DESIGN section 6. Money is always signed integer minor units (`*_minor`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONB, datetime: DateTime(timezone=True)}  # noqa: RUF012
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(server_default=func.now(), nullable=False)
+
+
+class GiftCard(Base):
+    """One logical card, whatever systems it lives in."""
+
+    __tablename__ = "gift_cards"
+    __table_args__ = (
+        CheckConstraint("kind IN ('omni', 'vii_shadow')", name="kind"),
+        CheckConstraint("state IN ('active', 'deactivated')", name="state"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(3))
+    state: Mapped[str] = mapped_column(String(16), server_default="active")
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class CardLink(Base):
+    """Where a card lives in one external system, and what that system last said of it."""
+
+    __tablename__ = "card_links"
+    __table_args__ = (
+        UniqueConstraint("system", "external_id", name="uq_card_links_system_external_id"),
+        UniqueConstraint("card_id", "system", name="uq_card_links_card_id_system"),
+        CheckConstraint("system IN ('shopify', 'lightspeed', 'onsite', 'vii')", name="system"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    card_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("gift_cards.id", ondelete="CASCADE"))
+    system: Mapped[str] = mapped_column(String(16))
+    external_id: Mapped[str] = mapped_column(String(255))
+    code_last4: Mapped[str | None] = mapped_column(String(4))
+    last_seen_balance_minor: Mapped[int | None] = mapped_column(BigInteger)
+    last_seen_status: Mapped[str | None] = mapped_column(String(16))
+    last_seen_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = _created()
+
+
+class LedgerEntry(Base):
+    """Append-only record of every balance move giftsync made or saw, keyed by its cause."""
+
+    __tablename__ = "ledger"
+    __table_args__ = (Index("ix_ledger_card_id_created_at", "card_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    card_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("gift_cards.id", ondelete="CASCADE"))
+    system: Mapped[str] = mapped_column(String(16))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    cause: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _created()
+
+
+class SyncBase(Base):
+    """The last balance every system agreed on, and a version that keys merge writes."""
+
+    __tablename__ = "sync_base"
+
+    card_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("gift_cards.id", ondelete="CASCADE"), primary_key=True
+    )
+    balance_minor: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int] = mapped_column(Integer, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class ShadowCard(Base):
+    """A Shopify card standing in for a Vii hold during one checkout."""
+
+    __tablename__ = "shadow_cards"
+    __table_args__ = (
+        CheckConstraint("state IN ('applied', 'captured', 'released', 'expired')", name="state"),
+        CheckConstraint("state = 'applied' OR pin_ciphertext IS NULL", name="pin_only_while_open"),
+        Index(
+            "uq_shadow_cards_live_checkout_card",
+            "checkout_token",
+            "vii_card_hash",
+            unique=True,
+            postgresql_where=text("state = 'applied'"),
+        ),
+        Index("ix_shadow_cards_state_expires_at", "state", "expires_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    card_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("gift_cards.id", ondelete="CASCADE"))
+    checkout_token: Mapped[str] = mapped_column(String(255))
+    vii_card_hash: Mapped[str] = mapped_column(String(64), index=True)
+    vii_last4: Mapped[str] = mapped_column(String(4))
+    hold_code: Mapped[str | None] = mapped_column(String(64))
+    hold_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    pin_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    shopify_gift_card_id: Mapped[str | None] = mapped_column(String(255))
+    shopify_code_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    shopify_code_last4: Mapped[str | None] = mapped_column(String(4))
+    applied_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    captured_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    state: Mapped[str] = mapped_column(String(16), server_default="applied")
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class WebhookDelivery(Base):
+    """The webhook inbox: each Shopify delivery stored once, then processed by a worker."""
+
+    __tablename__ = "webhook_inbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(String(255), unique=True)
+    event_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    topic: Mapped[str] = mapped_column(String(128))
+    shop_domain: Mapped[str | None] = mapped_column(String(255))
+    triggered_at: Mapped[datetime | None]
+    payload: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = _created()
+    processed_at: Mapped[datetime | None]
+
+
+class Job(Base):
+    """The outbox and work queue: one row per external write or unit of background work."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint("state IN ('queued', 'running', 'done', 'dead')", name="state"),
+        Index(
+            "ix_jobs_claimable",
+            "run_at",
+            postgresql_where=text("state IN ('queued', 'running')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    state: Mapped[str] = mapped_column(String(16), server_default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, server_default="8")
+    run_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    locked_by: Mapped[str | None] = mapped_column(String(128))
+    locked_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    finished_at: Mapped[datetime | None]
+
+
+class SyncCursor(Base):
+    __tablename__ = "sync_cursors"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class OAuthToken(Base):
+    """Rotated OAuth tokens; the refresh token here outranks the one in the settings."""
+
+    __tablename__ = "oauth_tokens"
+
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    access_token: Mapped[str | None] = mapped_column(Text)
+    refresh_token: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Run(Base):
+    """A reconcile or backfill run, with its progress and counts."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint("kind IN ('reconcile', 'backfill')", name="kind"),
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    params: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    counts: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    progress: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Finding(Base):
+    """Something a run could not repair; open until a later run sees it fixed."""
+
+    __tablename__ = "findings"
+    __table_args__ = (
+        Index(
+            "uq_findings_open_subject",
+            "type",
+            "subject",
+            unique=True,
+            postgresql_where=text("resolved_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(255))
+    card_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("gift_cards.id", ondelete="SET NULL")
+    )
+    first_run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id"))
+    last_run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("runs.id"))
+    evidence: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _created()
+    resolved_at: Mapped[datetime | None]
+
+
+class PinFailure(Base):
+    """One failed PIN attempt; counted per card hash and per client address across replicas."""
+
+    __tablename__ = "pin_failures"
+    __table_args__ = (
+        Index("ix_pin_failures_card_hash_failed_at", "vii_card_hash", "failed_at"),
+        Index("ix_pin_failures_client_address_failed_at", "client_address", "failed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    vii_card_hash: Mapped[str] = mapped_column(String(64))
+    client_address: Mapped[str] = mapped_column(String(64))
+    failed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class WorkerHeartbeat(Base):
+    """One row per live worker; `/readyz` reads the freshest."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = _created()
+    beat_at: Mapped[datetime] = mapped_column(server_default=func.now())

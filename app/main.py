@@ -1,0 +1,61 @@
+"""The ASGI application, `app.main:app`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.logging import configure_logging, get_logger
+from app.middleware import RequestContextMiddleware
+from app.problems import install_problem_handlers
+from app.routers import health
+from app.runtime import Runtime, build_runtime
+from app.settings import load_settings
+
+log = get_logger(__name__)
+
+
+def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None) -> FastAPI:
+    """Build the app. Given a runtime (tests), the caller owns it; otherwise the lifespan does.
+
+    The worker runs in-process unless `run_worker` is False or GIFTSYNC_NO_WORKER is set, so
+    `uvicorn app.main:app` alone is a complete service, as `giftsync serve` is.
+    """
+    if run_worker is None:
+        run_worker = os.environ.get("GIFTSYNC_NO_WORKER", "") == ""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        settings = load_settings()
+        configure_logging(settings.log_level, json=settings.log_json)
+        owned = await build_runtime(settings)
+        app.state.runtime = owned
+        if run_worker:
+            await owned.start_worker()
+        try:
+            yield
+        finally:
+            await owned.close()
+
+    app = FastAPI(
+        title="giftsync",
+        version="0.1.0",
+        summary="One gift card, spendable in Shopify, Lightspeed and Vii.",
+        lifespan=lifespan,
+    )
+    if runtime is not None:
+        app.state.runtime = runtime
+    app.add_middleware(RequestContextMiddleware)
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,32 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.sync.readiness import readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "At least one check failed; the body names it."}},
+)
+async def readyz(request: Request) -> JSONResponse:
+    report: dict[str, Any] = await readiness(request.app.state.runtime)
+    return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

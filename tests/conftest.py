@@ -1,0 +1,142 @@
+"""Test fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), clean state per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.embedded import start_embedded
+from app.db.engine import SessionFactory, asyncpg_url, create_engine, session_factory
+from app.db.migrate import upgrade_to_head
+from app.main import create_app
+from app.runtime import Runtime
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+PIN_KEY_HEX = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+def _worker_suffix() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+async def _recreate_database(server_url: str, name: str) -> str:
+    """Drop and create `name` on the server of `server_url`; return the URL to it."""
+    url = make_url(asyncpg_url(server_url))
+    admin = url.set(drivername="postgresql", database="postgres")
+    connection = await asyncpg.connect(admin.render_as_string(hide_password=False))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def server_url() -> str:
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        return asyncpg_url(given)
+    return start_embedded(ROOT / ".data" / "test", database="postgres")
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_url: str) -> str:
+    return await _recreate_database(server_url, f"giftsync_test_{_worker_suffix()}")
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    await upgrade_to_head(engine, database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def table_names(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'alembic_version'"
+            )
+        )
+        return [row[0] for row in rows]
+
+
+@pytest.fixture(autouse=True)
+async def clean_database(engine: AsyncEngine, table_names: list[str]) -> None:
+    """Every test starts from empty tables (migrations stay applied)."""
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(f"TRUNCATE {', '.join(table_names)} RESTART IDENTITY CASCADE")
+        )
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> SessionFactory:
+    return session_factory(engine)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "sandbox": True,
+        "admin_token": SecretStr("test-admin-token-0123456789"),
+        "card_hash_key": SecretStr("test-card-hash-key-0123456789"),
+        "pin_encryption_key": SecretStr(PIN_KEY_HEX),
+        "shopify_api_secret": SecretStr("test_secret_key"),
+        "log_json": True,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def runtime(
+    settings: Settings, engine: AsyncEngine, sessions: SessionFactory, database_url: str
+) -> AsyncIterator[Runtime]:
+    runtime = Runtime(
+        settings=settings, database_url=database_url, engine=engine, sessions=sessions
+    )
+    yield runtime
+    runtime._stop.set()
+    if runtime._tasks:
+        await asyncio.gather(*runtime._tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def client(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(runtime, run_worker=False)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as client:
+        yield client
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """An environment with no giftsync settings, so tests set exactly what they mean."""
+    for name in list(os.environ):
+        if name.upper() in Settings.model_fields or name.upper() in {
+            f.upper() for f in Settings.model_fields
+        }:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(ROOT / "tests")
+    yield monkeypatch

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+
+from app.db.engine import create_engine
+from app.db.migrate import current_revision, downgrade_to_base, head_revision, upgrade_to_head
+from tests.conftest import _recreate_database
+
+
+async def _tables(url: str) -> set[str]:
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            )
+            return {row[0] for row in rows}
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_head_then_downgrade_base_on_an_empty_database(server_url: str) -> None:
+    url = await _recreate_database(server_url, "giftsync_migrations_probe")
+    engine = create_engine(url, pool_size=1)
+    try:
+        await upgrade_to_head(engine, url)
+        assert await current_revision(engine) == head_revision(url)
+        tables = await _tables(url)
+        assert {
+            "gift_cards",
+            "card_links",
+            "ledger",
+            "sync_base",
+            "shadow_cards",
+            "webhook_inbox",
+            "jobs",
+            "sync_cursors",
+            "oauth_tokens",
+            "runs",
+            "findings",
+            "pin_failures",
+            "worker_heartbeats",
+        } <= tables
+        await upgrade_to_head(engine, url)  # a second upgrade is a no-op
+        await asyncio.to_thread(downgrade_to_base, url)
+        assert await _tables(url) == {"alembic_version"}
+        await upgrade_to_head(engine, url)
+        assert await current_revision(engine) == head_revision(url)
+    finally:
+        await engine.dispose()
+
+
+async def test_two_replicas_migrating_at_once_take_turns(server_url: str) -> None:
+    url = await _recreate_database(server_url, "giftsync_migrations_race")
+    engines = [create_engine(url, pool_size=1) for _ in range(2)]
+    try:
+        await asyncio.gather(*(upgrade_to_head(e, url) for e in engines))
+        assert await current_revision(engines[0]) == head_revision(url)
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_pin_can_only_be_stored_while_the_hold_is_open(engine) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    async with engine.begin() as connection:
+        card_id = await connection.scalar(
+            text(
+                "INSERT INTO gift_cards (id, kind, currency) VALUES (gen_random_uuid(), 'vii_shadow', 'AUD') RETURNING id"
+            )
+        )
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO shadow_cards (id, card_id, checkout_token, vii_card_hash, vii_last4, "
+                    "pin_ciphertext, state, expires_at) VALUES (gen_random_uuid(), :c, 't', 'h', '7890', "
+                    "'\\x00', 'captured', now())"
+                ),
+                {"c": card_id},
+            )

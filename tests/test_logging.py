@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import structlog
+
+from app.logging import configure_logging, get_logger, mask_text, mask_value
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str]) -> pytest.CaptureFixture[str]:
+    configure_logging("DEBUG", json=True)
+    return capsys
+
+
+def _records(capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    err = capsys.readouterr().err
+    return [json.loads(line) for line in err.splitlines() if line.strip()]
+
+
+def test_card_numbers_in_any_field_are_masked_to_last4(
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
+    log = get_logger("t")
+    log.info(
+        "applied card 6280001234567890 ok", note="card 6280 0012 3456 7891", n=6280001234567892
+    )
+    (record,) = _records(json_logs)
+    dumped = json.dumps(record)
+    for digits in ("6280001234567890", "6280 0012 3456 7891", "6280001234567892"):
+        assert digits not in dumped
+    assert "••••7890" in record["event"] and "••••7891" in str(record["note"])
+
+
+def test_pins_and_secrets_are_redacted_by_key_and_inline(
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
+    log = get_logger("t")
+    log.info(
+        "upstream_call",
+        viiCardPin="4321",
+        body="<Request><CardNumber>6280001234567890</CardNumber><PIN>9876</PIN></Request>",
+        payload={"viiCardNumber": "6280001234567890", "nested": [{"pin": "5555"}]},
+        raw='{"viiCardPin": "1111", "cartTotal": "10.00"}',
+        url="https://x/token?refresh_token=abcdef&x=1",
+        authorization="Bearer zzz-token",
+    )
+    (record,) = _records(json_logs)
+    dumped = json.dumps(record, ensure_ascii=False)
+    for secret in ("4321", "9876", "5555", "1111", "abcdef", "zzz-token", "6280001234567890"):
+        assert secret not in dumped, secret
+    assert "10.00" in dumped  # money is not mistaken for a secret
+
+
+def test_standard_library_records_are_masked_too(json_logs: pytest.CaptureFixture[str]) -> None:
+    logging.getLogger("uvicorn.error").warning("bad card 4111111111111111 pin=1234")
+    (record,) = _records(json_logs)
+    assert "4111111111111111" not in record["event"] and "1234" not in str(record["event"])
+
+
+def test_request_id_is_bound_to_every_line(json_logs: pytest.CaptureFixture[str]) -> None:
+    structlog.contextvars.bind_contextvars(request_id="req-12345678")
+    try:
+        get_logger("t").info("one")
+        logging.getLogger("other").info("two")
+    finally:
+        structlog.contextvars.clear_contextvars()
+    records = _records(json_logs)
+    assert [r["request_id"] for r in records] == ["req-12345678", "req-12345678"]
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("order 1001 total 120.00", "order 1001 total 120.00"),
+        ("id 20260101", "id 20260101"),
+        ("ts 1732352000.123", "ts 1732352000.123"),
+    ],
+)
+def test_short_numbers_and_money_are_not_masked(text: str, kept: str) -> None:
+    assert mask_text(text) == kept
+
+
+def test_mask_value_by_key() -> None:
+    assert mask_value("viiCardNumber", "6280001234567890") == "••••7890"
+    assert mask_value("password", "hunter2") == "[redacted]"
