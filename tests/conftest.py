@@ -28,7 +28,8 @@ PIN_KEY_HEX = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
 
 def _worker_suffix() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+    """Unique per test process, so parallel runs on one server never share a database."""
+    return f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{os.getpid()}"
 
 
 async def _recreate_database(server_url: str, name: str) -> str:
@@ -44,6 +45,15 @@ async def _recreate_database(server_url: str, name: str) -> str:
     return url.set(database=name).render_as_string(hide_password=False)
 
 
+async def _drop_database(server_url: str, name: str) -> None:
+    admin = make_url(asyncpg_url(server_url)).set(drivername="postgresql", database="postgres")
+    connection = await asyncpg.connect(admin.render_as_string(hide_password=False))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
 @pytest.fixture(scope="session")
 def server_url() -> str:
     given = os.environ.get("TEST_DATABASE_URL")
@@ -53,8 +63,10 @@ def server_url() -> str:
 
 
 @pytest.fixture(scope="session")
-async def database_url(server_url: str) -> str:
-    return await _recreate_database(server_url, f"giftsync_test_{_worker_suffix()}")
+async def database_url(server_url: str) -> AsyncIterator[str]:
+    name = f"giftsync_test_{_worker_suffix()}"
+    yield await _recreate_database(server_url, name)
+    await _drop_database(server_url, name)
 
 
 @pytest.fixture(scope="session")

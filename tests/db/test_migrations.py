@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from sqlalchemy import text
 
@@ -22,7 +23,7 @@ async def _tables(url: str) -> set[str]:
 
 
 async def test_upgrade_head_then_downgrade_base_on_an_empty_database(server_url: str) -> None:
-    url = await _recreate_database(server_url, "giftsync_migrations_probe")
+    url = await _recreate_database(server_url, f"giftsync_migrations_probe_{os.getpid()}")
     engine = create_engine(url, pool_size=1)
     try:
         await upgrade_to_head(engine, url)
@@ -53,7 +54,7 @@ async def test_upgrade_head_then_downgrade_base_on_an_empty_database(server_url:
 
 
 async def test_two_replicas_migrating_at_once_take_turns(server_url: str) -> None:
-    url = await _recreate_database(server_url, "giftsync_migrations_race")
+    url = await _recreate_database(server_url, f"giftsync_migrations_race_{os.getpid()}")
     engines = [create_engine(url, pool_size=1) for _ in range(2)]
     try:
         await asyncio.gather(*(upgrade_to_head(e, url) for e in engines))
