@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app.logging import configure_logging, get_logger
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
-from app.routers import health
+from app.routers import health, webhooks
 from app.runtime import Runtime, build_runtime
 from app.settings import load_settings
 
@@ -55,6 +55,7 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     app.add_middleware(RequestContextMiddleware)
     install_problem_handlers(app)
     app.include_router(health.router)
+    app.include_router(webhooks.router)
     return app
 
 

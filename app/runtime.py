@@ -17,6 +17,7 @@ from app.db.engine import SessionFactory, create_engine, resolve_database_url, s
 from app.db.migrate import upgrade_to_head
 from app.logging import get_logger
 from app.settings import Settings
+from app.sync.inbox import TopicHandler
 from app.worker import JobHandler, Periodic, Worker
 
 log = get_logger(__name__)
@@ -52,6 +53,7 @@ class Runtime:
     handlers: dict[str, JobHandler] = field(default_factory=dict)
     periodic: list[Periodic] = field(default_factory=list)
     worker: Worker | None = None
+    topic_handlers: dict[str, TopicHandler] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -68,6 +70,18 @@ class Runtime:
         await self.engine.dispose()
 
 
+def install_features(runtime: Runtime) -> None:
+    """Register every job kind, webhook topic and periodic task on the runtime."""
+    from app.sync import inbox
+
+    async def process_webhook(payload: dict[str, Any]) -> None:
+        await inbox.process_delivery(
+            runtime.sessions, runtime.topic_handlers, int(payload["delivery_id"])
+        )
+
+    runtime.handlers[inbox.PROCESS_JOB] = process_webhook
+
+
 async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     settings = with_sandbox_secrets(settings)
     database_url = await asyncio.to_thread(resolve_database_url, settings)
@@ -80,6 +94,7 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         engine=engine,
         sessions=session_factory(engine),
     )
+    install_features(runtime)
     log.info(
         "runtime_ready",
         database="embedded" if settings.database_url is None else "external",

@@ -20,7 +20,7 @@ from app.db.embedded import start_embedded
 from app.db.engine import SessionFactory, asyncpg_url, create_engine, session_factory
 from app.db.migrate import upgrade_to_head
 from app.main import create_app
-from app.runtime import Runtime
+from app.runtime import Runtime, install_features
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +128,7 @@ async def runtime(
     runtime = Runtime(
         settings=settings, database_url=database_url, engine=engine, sessions=sessions
     )
+    install_features(runtime)
     yield runtime
     runtime._stop.set()
     if runtime._tasks:

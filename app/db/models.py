@@ -149,10 +149,19 @@ class WebhookDelivery(Base):
     """The webhook inbox: each Shopify delivery stored once, then processed by a worker."""
 
     __tablename__ = "webhook_inbox"
+    __table_args__ = (
+        Index(
+            "uq_webhook_inbox_topic_event_id",
+            "topic",
+            "event_id",
+            unique=True,
+            postgresql_where=text("event_id IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     webhook_id: Mapped[str] = mapped_column(String(255), unique=True)
-    event_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    event_id: Mapped[str | None] = mapped_column(String(255))
     topic: Mapped[str] = mapped_column(String(128))
     shop_domain: Mapped[str | None] = mapped_column(String(255))
     triggered_at: Mapped[datetime | None]

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.migrate import head_revision
 from app.main import create_app
 from app.runtime import Runtime
 from app.worker import Worker
@@ -69,10 +70,17 @@ async def test_readyz_reports_a_migration_behind_head(
     try:
         body = (await client.get("/readyz")).json()
         assert body["status"] == "not_ready"
-        assert body["checks"]["migrations"] == {"ok": False, "current": "0000", "head": "0001"}
+        assert body["checks"]["migrations"] == {
+            "ok": False,
+            "current": "0000",
+            "head": head_revision(runtime.database_url),
+        }
     finally:
         async with engine.begin() as connection:
-            await connection.execute(text("UPDATE alembic_version SET version_num = '0001'"))
+            await connection.execute(
+                text("UPDATE alembic_version SET version_num = :v"),
+                {"v": head_revision(runtime.database_url)},
+            )
 
 
 async def test_metrics_are_prometheus_text(client: httpx.AsyncClient) -> None:
