@@ -138,6 +138,10 @@ class ShadowCard(Base):
     shopify_code_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     shopify_code_last4: Mapped[str | None] = mapped_column(String(4))
     applied_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    vii_balance_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    card_number_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    """Vii needs the number to capture or cancel; sealed like the PIN, erased when the hold closes."""
+    version: Mapped[int] = mapped_column(Integer, server_default="0")
     captured_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
     state: Mapped[str] = mapped_column(String(16), server_default="applied")
     expires_at: Mapped[datetime]

@@ -1,0 +1,145 @@
+"""`POST /check-balance` and `POST /check-balance/release` (DESIGN 3), thin over shadow_cards."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from app.money import parse_amount
+from app.problems import Problem, problem_schema
+from app.sync.shadow_cards import ApplyRequest, ShadowCardError, ShadowCardService
+
+router = APIRouter(tags=["checkout"])
+
+_CARD_NUMBER = re.compile(r"[0-9]{12,19}", re.ASCII)
+_PIN = re.compile(r"[0-9]{4,8}", re.ASCII)
+_TOKEN = re.compile(r"[A-Za-z0-9._:~-]{1,255}", re.ASCII)
+
+Amount = Annotated[Decimal, BeforeValidator(lambda raw: parse_amount(raw))]
+
+
+class CheckBalanceBody(BaseModel):
+    """The field names the existing checkout frontend already sends; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+
+    viiCardNumber: str = Field(repr=False)
+    viiCardPin: str | None = Field(default=None, repr=False)
+    cartTotal: Amount
+    checkoutToken: str | None = None
+
+    @field_validator("viiCardNumber")
+    @classmethod
+    def _card_number(cls, value: str) -> str:
+        if not _CARD_NUMBER.fullmatch(value):
+            raise ValueError("must be 12 to 19 digits")
+        return value
+
+    @field_validator("viiCardPin")
+    @classmethod
+    def _pin(cls, value: str | None) -> str | None:
+        if value is not None and not _PIN.fullmatch(value):
+            raise ValueError("must be 4 to 8 digits")
+        return value
+
+    @field_validator("checkoutToken")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is not None and not _TOKEN.fullmatch(value):
+            raise ValueError("must be 1 to 255 letters, digits or ._:~-")
+        return value
+
+
+class CheckBalanceAnswer(BaseModel):
+    amountApplied: str
+    shopifyGiftCardCode: str
+    shopifyGiftCardLastCharacters: str
+    shopifyGiftCardStatus: str
+    viiGiftCardNumber: str
+    viiBalance: str
+    availableBalance: str
+    expiresAt: str
+
+
+class ReleaseBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    checkoutToken: str = Field(min_length=1, max_length=255)
+    shopifyGiftCardCode: str = Field(min_length=8, max_length=20, pattern=r"^[A-Za-z0-9]+$")
+
+
+def _problem(error: ShadowCardError) -> Problem:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    return Problem(error.status, error.code, error.detail, headers=headers)
+
+
+def _service(request: Request) -> ShadowCardService:
+    service: ShadowCardService | None = getattr(request.app.state.runtime, "shadow_cards", None)
+    if service is None:
+        raise Problem(
+            503, "vii_unavailable", "Vii is not configured.", headers={"Retry-After": "60"}
+        )
+    return service
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    402: problem_schema("`card_empty`"),
+    403: problem_schema("`invalid_card_or_pin` (never says which)"),
+    409: problem_schema("`card_not_active` or `pin_required`"),
+    422: problem_schema("`invalid_request`"),
+    429: problem_schema("`too_many_attempts`, with Retry-After"),
+    503: problem_schema("`vii_unavailable` or `shopify_unavailable`, with Retry-After"),
+}
+
+
+@router.post("/check-balance", response_model=CheckBalanceAnswer, responses=_ERRORS)
+async def check_balance(body: CheckBalanceBody, request: Request) -> CheckBalanceAnswer:
+    settings = request.app.state.runtime.settings
+    if body.cartTotal <= 0 or body.cartTotal > settings.max_cart_total:
+        raise Problem(
+            422,
+            "invalid_request",
+            f"cartTotal: must be above 0.00 and at most {settings.max_cart_total:.2f}",
+        )
+    client_address = request.client.host if request.client else "unknown"
+    try:
+        result = await _service(request).apply(
+            ApplyRequest(
+                card_number=body.viiCardNumber,
+                pin=body.viiCardPin,
+                cart_total=body.cartTotal,
+                checkout_token=body.checkoutToken,
+                client_address=client_address,
+            )
+        )
+    except ShadowCardError as error:
+        raise _problem(error) from None
+    return CheckBalanceAnswer(
+        amountApplied=f"{result.amount_applied:.2f}",
+        shopifyGiftCardCode=result.code,
+        shopifyGiftCardLastCharacters=result.code_last4,
+        shopifyGiftCardStatus=result.status,
+        viiGiftCardNumber=f"•••• {result.vii_last4}",
+        viiBalance=f"{result.vii_balance:.2f}",
+        availableBalance=f"{result.available_balance:.2f}",
+        expiresAt=result.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+@router.post(
+    "/check-balance/release",
+    responses={
+        404: problem_schema("No such shadow card"),
+        422: problem_schema("`invalid_request`"),
+    },
+)
+async def release(body: ReleaseBody, request: Request) -> dict[str, bool]:
+    try:
+        await _service(request).release(body.checkoutToken, body.shopifyGiftCardCode)
+    except ShadowCardError as error:
+        raise _problem(error) from None
+    return {"released": True}
