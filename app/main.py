@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app.logging import configure_logging, get_logger
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
-from app.routers import health, webhooks
+from app.routers import checkout, health, webhooks
 from app.runtime import Runtime, build_runtime
 from app.settings import load_settings
 
@@ -56,6 +56,7 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(webhooks.router)
+    app.include_router(checkout.router)
     return app
 
 

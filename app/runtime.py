@@ -6,18 +6,24 @@ import asyncio
 import json
 import os
 import secrets
+import sys
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.clients.factory import Clients, build_clients
 from app.db.engine import SessionFactory, create_engine, resolve_database_url, session_factory
 from app.db.migrate import upgrade_to_head
+from app.db.tokens import DbTokenStore, TokenSet
 from app.logging import get_logger
+from app.sandbox.runner import Sandbox, point_settings_at, seed_all, start_sandbox
 from app.settings import Settings
 from app.sync.inbox import TopicHandler
+from app.sync.shadow_cards import ShadowCardService
 from app.worker import JobHandler, Periodic, Worker
 
 log = get_logger(__name__)
@@ -54,6 +60,9 @@ class Runtime:
     periodic: list[Periodic] = field(default_factory=list)
     worker: Worker | None = None
     topic_handlers: dict[str, TopicHandler] = field(default_factory=dict)
+    shadow_cards: ShadowCardService | None = None
+    clients: Clients | None = None
+    sandbox: Sandbox | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -67,6 +76,10 @@ class Runtime:
         self._stop.set()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.clients is not None:
+            await self.clients.aclose()
+        if self.sandbox is not None:
+            await self.sandbox.stop()
         await self.engine.dispose()
 
 
@@ -80,6 +93,19 @@ def install_features(runtime: Runtime) -> None:
         )
 
     runtime.handlers[inbox.PROCESS_JOB] = process_webhook
+    if runtime.shadow_cards is not None:
+        from app.sync import shadow_cards
+
+        service = runtime.shadow_cards
+        runtime.handlers[shadow_cards.CLOSE_JOB] = service.close
+        runtime.handlers[shadow_cards.UNDO_JOB] = service.undo
+
+        async def expire() -> None:
+            while await service.expire_due():
+                pass
+
+        runtime.periodic = [p for p in runtime.periodic if p.name != "shadow-expiry"]
+        runtime.periodic.append(Periodic("shadow-expiry", timedelta(seconds=30), expire))
 
 
 async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -88,12 +114,29 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     engine = create_engine(database_url)
     if migrate:
         await upgrade_to_head(engine, database_url)
+    sandbox = None
+    if settings.sandbox_enabled:
+        sandbox = await start_sandbox(settings)
+        # Demo data (simulator cards and PINs) for the person at the terminal, not the log.
+        print("\n".join(["sandbox demo data:", *seed_all(sandbox)]), file=sys.stderr)
+        settings = point_settings_at(settings, sandbox)
+    sessions = session_factory(engine)
+    if sandbox is not None and settings.lightspeed_refresh_token is not None:
+        # A fresh simulator knows only the refresh token it just issued.
+        await DbTokenStore(sessions).save(
+            TokenSet(None, settings.lightspeed_refresh_token.get_secret_value(), None)
+        )
+    clients = build_clients(settings, sessions)
     runtime = Runtime(
         settings=settings,
         database_url=database_url,
         engine=engine,
-        sessions=session_factory(engine),
+        sessions=sessions,
+        clients=clients,
+        sandbox=sandbox,
     )
+    if clients.vii is not None and clients.shopify is not None:
+        runtime.shadow_cards = ShadowCardService(sessions, settings, clients.vii, clients.shopify)
     install_features(runtime)
     log.info(
         "runtime_ready",

@@ -1,15 +1,133 @@
-"""Starts the upstream simulators; each simulator module registers itself in SIMULATORS."""
+"""Runs the upstream simulators over real HTTP and points giftsync's settings at them.
+
+`giftsync sandbox` serves them on fixed ports; `giftsync serve` in sandbox mode starts them on
+free ports inside its own process, so two services on one machine never collide.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from pydantic import SecretStr
 
 from app.logging import get_logger
-from app.settings import Settings
+from app.sandbox import lightspeed, onsite, vii
+from app.sandbox.shopify import ShopifySimulator
+from app.settings import PosKind, Settings
 
 log = get_logger(__name__)
 
+FIXED_PORTS = {"shopify": 8101, "lightspeed": 8102, "onsite": 8103, "vii": 8104}
+SANDBOX_SHOPIFY_TOKEN = "shpat_sandbox_token"  # noqa: S105 - the simulator's fixed demo token
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A simulator server inside another process: signals belong to that process, not to it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Sandbox:
+    simulators: dict[str, Any]
+    urls: dict[str, str] = field(default_factory=dict)
+    _servers: list[uvicorn.Server] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.should_exit = True
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=5)
+
+
+def build_simulators(settings: Settings) -> dict[str, Any]:
+    return {
+        "shopify": ShopifySimulator(access_token=SANDBOX_SHOPIFY_TOKEN, currency=settings.currency),
+        "lightspeed": lightspeed.LightspeedSimulator(balance_sign=settings.lightspeed_balance_sign),
+        "onsite": onsite.OnSiteSimulator(),
+        "vii": vii.ViiSimulator(),
+    }
+
+
+async def start_sandbox(
+    settings: Settings, *, host: str = "127.0.0.1", ports: dict[str, int] | None = None
+) -> Sandbox:
+    """Serve every simulator; port 0 (the default) picks a free port for each."""
+    sandbox = Sandbox(build_simulators(settings))
+    for name, simulator in sandbox.simulators.items():
+        port = (ports or {}).get(name, 0)
+        config = uvicorn.Config(
+            simulator.app, host=host, port=port, log_config=None, lifespan="off", access_log=False
+        )
+        server = _EmbeddedServer(config)
+        task = asyncio.create_task(server.serve(), name=f"sandbox:{name}")
+        while not server.started:
+            if task.done():
+                await task
+                raise RuntimeError(f"the {name} simulator could not start")
+            await asyncio.sleep(0.02)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        sandbox.urls[name] = f"http://{host}:{bound}"
+        sandbox._servers.append(server)
+        sandbox._tasks.append(task)
+    return sandbox
+
+
+def point_settings_at(settings: Settings, sandbox: Sandbox) -> Settings:
+    """The settings giftsync runs with in sandbox mode: every upstream is a simulator."""
+    ls: lightspeed.LightspeedSimulator = sandbox.simulators["lightspeed"]
+    site: onsite.OnSiteSimulator = sandbox.simulators["onsite"]
+    return settings.model_copy(
+        update={
+            "shopify_shop_domain": "giftsync-sandbox.myshopify.com",
+            "shopify_base_url": sandbox.urls["shopify"],
+            "shopify_admin_token": SecretStr(SANDBOX_SHOPIFY_TOKEN),
+            "vii_base_url": sandbox.urls["vii"] + "/",
+            "vii_username": vii.DEMO_USERNAME,
+            "vii_password": SecretStr(vii.DEMO_PASSWORD),
+            "vii_store_id": vii.DEMO_STORE_ID,
+            "lightspeed_base_url": sandbox.urls["lightspeed"],
+            "lightspeed_token_url": sandbox.urls["lightspeed"] + "/auth/oauth/token",
+            "lightspeed_account_id": ls.account_id,
+            "lightspeed_client_id": ls.client_id,
+            "lightspeed_client_secret": SecretStr(ls.client_secret),
+            "lightspeed_refresh_token": SecretStr(ls.issue_refresh_token()),
+            "onsite_base_url": sandbox.urls["onsite"],
+            "onsite_username": site.username,
+            "onsite_password": SecretStr(site._password),
+            "onsite_app_id": "giftsync-sandbox",
+            "onsite_private_id": SecretStr(site._private_id or ""),
+            "onsite_verify_tls": False,
+            "pos_kind": settings.pos_kind
+            if settings.pos_kind is not PosKind.NONE
+            else PosKind.NONE,
+        }
+    )
+
+
+def seed_all(sandbox: Sandbox) -> list[str]:
+    lines: list[str] = []
+    for name, simulator in sandbox.simulators.items():
+        lines.append(f"[{name}] {sandbox.urls.get(name, '')}")
+        lines.extend(f"  {line}" for line in simulator.seed_demo())
+    return lines
+
 
 async def run_forever(settings: Settings) -> None:
-    log.info("sandbox_started", simulators=[])
-    await asyncio.Event().wait()
+    """`giftsync sandbox`: the simulators alone on their fixed ports, with demo data."""
+    sandbox = await start_sandbox(settings, ports=FIXED_PORTS)
+    for line in seed_all(sandbox):
+        print(line)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sandbox.stop()

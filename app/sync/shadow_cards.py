@@ -229,7 +229,10 @@ class ShadowCardService:
             raise ShopifyUnavailableError(
                 "Shopify did not answer; nothing was applied.", retry_after=5
             ) from None
-        except UpstreamError:
+        except UpstreamError as exc:
+            log.warning(
+                "shadow_apply_shopify_failed", error=str(exc), error_type=type(exc).__name__
+            )
             await self._cancel_hold_now_or_later(
                 shadow_id, request.card_number, hold.pre_auth_code, reference
             )
@@ -620,7 +623,7 @@ class ShadowCardService:
                           min(failed_at) FILTER (WHERE client_address = :addr) AS addr_oldest,
                           now() AS now
                         FROM pin_failures
-                        WHERE failed_at > now() - :window
+                        WHERE failed_at > now() - CAST(:window AS interval)
                           AND (vii_card_hash = :hash OR client_address = :addr)
                         """
                     ),
