@@ -500,7 +500,7 @@ class ShopifyClient:
     async def _send(self, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
         """One logical request: paced by the bucket, repeated while Shopify says THROTTLED."""
         cost_key = (operation, variables.get("first"))
-        for _ in range(MAX_THROTTLED_RETRIES):
+        for throttled_in_a_row in range(MAX_THROTTLED_RETRIES):
             reservation = await self._bucket.reserve(
                 lambda: self._estimate_cost(operation, variables)
             )
@@ -518,6 +518,11 @@ class ShopifyClient:
                 self._log.info("shopify_throttled", operation=operation, requested_cost=requested)
                 if status is None:
                     await self._bucket.pause(1.0)
+                elif status.currently_available >= (requested or MUTATION_COST):
+                    # The answer says there is room, yet it was refused (another app on the same
+                    # bucket, or clock skew): wait for one request's refill, growing each time.
+                    floor = (requested or MUTATION_COST) / max(status.restore_rate, 1.0)
+                    await self._bucket.pause(min(5.0, floor * 2**throttled_in_a_row))
                 continue
             if codes and not any((body.get("data") or {}).values()):
                 if "INTERNAL_SERVER_ERROR" in codes:
