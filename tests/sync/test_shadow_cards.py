@@ -310,3 +310,54 @@ async def test_expired_shadow_cards_are_closed(checkout: Checkout, engine: Async
             )
         ).one()
     assert tuple(row) == ("expired", None, None)
+
+
+async def test_lost_pre_auth_answer_is_undone_and_nothing_is_applied(
+    checkout: Checkout, engine: AsyncEngine
+) -> None:
+    checkout.vii.faults.lose_answer_rate = 1.0
+    checkout.vii.faults.lost_answer_hang_s = 30.0
+    response = await checkout.apply("20.00")
+    assert response.status_code == 503 and response.json()["code"] == "vii_unavailable"
+    assert sum(checkout.vii.open_holds(CARD).values()) == Decimal("20.00")  # applied upstream
+    checkout.vii.faults.lose_answer_rate = 0.0
+    await checkout.run_jobs()
+    assert checkout.vii.open_holds(CARD) == {}
+    async with engine.connect() as connection:
+        assert await connection.scalar(text("SELECT count(*) FROM shadow_cards")) == 0
+        assert await connection.scalar(text("SELECT count(*) FROM jobs WHERE state = 'done'")) == 1
+    retry = await checkout.apply("20.00")
+    assert retry.status_code == 200 and retry.json()["amountApplied"] == "20.00"
+
+
+async def test_no_table_or_log_line_holds_a_pin_full_number_or_code(
+    checkout: Checkout,
+    engine: AsyncEngine,
+    table_names: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.logging import configure_logging
+
+    configure_logging("DEBUG", json=True)
+    card, pin = "6280007777771234", "73915862"
+    checkout.vii.add_card(card, pin, Decimal("90.00"))
+    applied = (await checkout.apply("60.00", card=card, pin=pin, token="secret-sweep")).json()
+    code = applied["shopifyGiftCardCode"]
+    await checkout.apply("20.00", card=card, pin=None, token="secret-sweep")
+    await checkout.apply("90.00", card=card, pin=pin, token="secret-sweep")
+    await checkout.apply("10.00", card=card, pin="11112222", token="secret-sweep")  # wrong PIN
+    await checkout.http.post(
+        "/check-balance/release",
+        json={"checkoutToken": "secret-sweep", "shopifyGiftCardCode": code},
+    )
+    await checkout.run_jobs()
+    async with engine.connect() as connection:
+        for table in table_names:
+            dump = await connection.scalar(
+                text(f"SELECT coalesce(string_agg(t::text, '|'), '') FROM {table} t")
+            )
+            for secret in (card, pin, "11112222", code):
+                assert secret not in dump, (table, secret[-4:])
+    logged = capsys.readouterr()
+    for secret in (card, pin, "11112222", code):
+        assert secret not in logged.err + logged.out
