@@ -1,0 +1,111 @@
+"""`GET /demo/checkout`: a sandbox page that drives `checkout.js` against a simulated cart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.problems import Problem, problem_schema
+
+STATIC_DIRECTORY = Path(__file__).resolve().parent.parent / "static"
+
+router = APIRouter(tags=["demo"], include_in_schema=False)
+
+# Static markup: nothing from the request is ever interpolated into it.
+_DEMO_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>giftsync checkout demo</title>
+<style>
+  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
+  fieldset { margin-bottom: 1.5rem; }
+  .giftsync label { display: block; margin: 0.5rem 0; }
+  .giftsync-error { color: #b00020; }
+  .note { color: #555; }
+</style>
+</head>
+<body>
+<h1>giftsync checkout demo</h1>
+<p class="note">Sandbox only. The demo Vii cards (number, PIN and balance) are printed in the
+server log when the sandbox starts.</p>
+
+<fieldset>
+  <legend>Cart</legend>
+  <label>Cart total $ <input id="cart-total" name="cartTotal" value="80.00"
+    inputmode="decimal" autocomplete="off"></label>
+  <button id="update-cart" type="button">Update cart</button>
+</fieldset>
+
+<fieldset>
+  <legend>Gift card</legend>
+  <div id="giftsync"></div>
+</fieldset>
+
+<fieldset>
+  <legend>Discount codes applied by the checkout</legend>
+  <p id="applied-code">None</p>
+  <ul id="code-log"></ul>
+</fieldset>
+
+<script src="/static/checkout.js"></script>
+<script>
+(function () {
+  "use strict";
+  var cartTotal = document.getElementById("cart-total");
+  var appliedCode = document.getElementById("applied-code");
+  var codeLog = document.getElementById("code-log");
+  var randomPart = new Uint32Array(2);
+  window.crypto.getRandomValues(randomPart);
+
+  function logLine(text) {
+    var item = document.createElement("li");
+    item.textContent = text;
+    codeLog.appendChild(item);
+  }
+
+  var widget = GiftSync.init({
+    endpoint: "",
+    checkoutToken: "demo-" + randomPart[0].toString(36) + randomPart[1].toString(36),
+    getCartTotal: function () { return cartTotal.value; },
+    applyCode: function (code) {
+      appliedCode.textContent = code;
+      logLine("applyCode(" + code + ")");
+    },
+    removeCode: function (code) {
+      appliedCode.textContent = "None";
+      logLine("removeCode(" + code + ")");
+    },
+    container: document.getElementById("giftsync")
+  });
+
+  document.getElementById("update-cart").addEventListener("click", function () {
+    widget.onCartTotalChange(cartTotal.value);
+  });
+})();
+</script>
+</body>
+</html>
+"""
+
+
+@router.get(
+    "/demo/checkout",
+    response_class=HTMLResponse,
+    responses={404: problem_schema("`not_found` outside sandbox mode")},
+)
+async def demo_checkout(request: Request) -> HTMLResponse:
+    # A production checkout has no use for a page that invites test card numbers.
+    if not request.app.state.runtime.settings.sandbox_enabled:
+        raise Problem(404, "not_found", "The demo checkout exists only in sandbox mode.")
+    return HTMLResponse(_DEMO_PAGE, headers={"Cache-Control": "no-store"})
+
+
+def mount_static(app: FastAPI) -> None:
+    """Serve `app/static` (the checkout script) at `/static`."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIRECTORY), name="static")

@@ -1,0 +1,178 @@
+"""The demo checkout in a real browser: checkout.js against giftsync served by uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import httpx
+import pytest
+import uvicorn
+from playwright.async_api import Browser, Page, expect
+
+from app.clients.shopify import ShopifyClient
+from app.clients.vii import ViiClient
+from app.main import create_app
+from app.runtime import Runtime, install_features
+from app.sandbox.faults import Faults
+from app.sandbox.shopify import ShopifySimulator
+from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
+from app.sync.shadow_cards import ShadowCardService
+from tests.routers.test_demo_checkout import with_demo
+from tests.sync.test_shadow_cards import card_by_code
+
+# The demo card with a balance of 120.00, as `seed_demo` prints it in the server log.
+CARD = "6280002345678901"
+PIN = "2345"
+
+
+@dataclass
+class LiveCheckout:
+    base_url: str
+    vii: ViiSimulator
+    shopify: ShopifySimulator
+
+
+@pytest.fixture
+async def live(runtime: Runtime) -> AsyncIterator[LiveCheckout]:
+    """giftsync on a real port (uvicorn in this event loop), wired like tests/sync's `checkout`."""
+    vii_sim = ViiSimulator(Faults())
+    shop_sim = ShopifySimulator(Faults())
+    assert f"  Vii card {CARD} PIN {PIN} balance 120.00" in vii_sim.seed_demo()
+    vii = ViiClient(
+        "http://vii.sim/",
+        DEMO_USERNAME,
+        DEMO_PASSWORD,
+        DEMO_STORE_ID,
+        timeout=2.0,
+        backoff=0.0,
+        transport=httpx.ASGITransport(app=vii_sim.app),
+    )
+    shop = ShopifyClient(
+        "http://shop.sim",
+        "shpat_sandbox_token",
+        "2025-01",
+        timeout=2.0,
+        transport=httpx.ASGITransport(app=shop_sim.app),
+    )
+    runtime.shadow_cards = ShadowCardService(runtime.sessions, runtime.settings, vii, shop)
+    install_features(runtime)
+    app = with_demo(create_app(runtime, run_worker=False))
+
+    # Bound before uvicorn starts, so no other process can take the port in between.
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    async with asyncio.timeout(10):
+        while not server.started:
+            assert not serving.done(), "uvicorn stopped while starting"
+            await asyncio.sleep(0.02)
+    try:
+        yield LiveCheckout(f"http://127.0.0.1:{port}", vii_sim, shop_sim)
+    finally:
+        server.should_exit = True
+        await serving
+        listener.close()
+        await vii.aclose()
+        await shop.aclose()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context()
+    page = await context.new_page()
+    yield page
+    await context.close()
+
+
+async def _storage(page: Page) -> dict[str, str]:
+    raw = await page.evaluate("() => JSON.stringify(Object.assign({}, window.localStorage))")
+    stored: dict[str, str] = json.loads(raw)
+    return stored
+
+
+async def test_apply_resize_and_remove_in_a_real_browser(live: LiveCheckout, page: Page) -> None:
+    await page.goto(f"{live.base_url}/demo/checkout")
+    await expect(page.locator("body")).to_contain_text("server log")
+    summary = page.locator(".giftsync-summary-text")
+    applied_code = page.locator("#applied-code")
+
+    await page.fill("#cart-total", "80.00")
+    await page.fill("input[name=viiCardNumber]", CARD)
+    await page.fill("input[name=viiCardPin]", PIN)
+    await page.click("button.giftsync-apply")
+    await expect(summary).to_have_text("Vii •••• 8901 · applied $80.00 · remaining $40.00")
+    code = (await applied_code.text_content()) or ""
+    assert re.fullmatch(r"[a-z0-9]{8,20}", code) and code.endswith("8901")
+    assert Decimal(str(card_by_code(live.shopify, code)["balance"])) == Decimal("80.00")
+    # After the apply the number and PIN are gone from the page, kept only in memory.
+    assert CARD not in await page.content()
+    assert await page.input_value("input[name=viiCardNumber]") == ""
+    assert await page.input_value("input[name=viiCardPin]") == ""
+
+    await page.fill("#cart-total", "50.00")
+    await page.click("#update-cart")
+    # The Vii hold stays at 80.00, so 40.00 is still what the card can give elsewhere.
+    await expect(summary).to_have_text("Vii •••• 8901 · applied $50.00 · remaining $40.00")
+    await expect(applied_code).to_have_text(code)
+    await expect(page.locator("#code-log li")).to_have_count(1)  # applyCode called once
+    assert Decimal(str(card_by_code(live.shopify, code)["balance"])) == Decimal("50.00")
+
+    stored = await _storage(page)
+    assert stored == {
+        "giftsync.applied": json.dumps(
+            {"shadowLast4": "8901", "amountApplied": "50.00", "remaining": "40.00"},
+            separators=(",", ":"),
+        )
+    }
+    dump = json.dumps(stored)
+    assert CARD not in dump and CARD[:-4] not in dump and PIN not in dump
+
+    await page.click("button.giftsync-remove")
+    await expect(applied_code).to_have_text("None")
+    await expect(page.locator("#code-log li").last).to_have_text(f"removeCode({code})")
+    assert await _storage(page) == {}
+    await expect(page.locator("input[name=viiCardNumber]")).to_be_visible()
+
+
+async def test_growing_past_the_hold_asks_for_the_pin_only(live: LiveCheckout, page: Page) -> None:
+    await page.goto(f"{live.base_url}/demo/checkout")
+    summary = page.locator(".giftsync-summary-text")
+    await page.fill("#cart-total", "80.00")
+    await page.fill("input[name=viiCardNumber]", CARD)
+    await page.fill("input[name=viiCardPin]", PIN)
+    await page.click("button.giftsync-apply")
+    await expect(summary).to_have_text("Vii •••• 8901 · applied $80.00 · remaining $40.00")
+    code = (await page.locator("#applied-code").text_content()) or ""
+
+    await page.fill("#cart-total", "100.00")
+    await page.click("#update-cart")
+    await expect(page.locator("input[name=viiCardPin]")).to_be_visible()
+    await expect(page.locator("input[name=viiCardNumber]")).to_be_hidden()
+    await expect(page.locator(".giftsync-prompt")).to_contain_text("PIN")
+
+    await page.fill("input[name=viiCardPin]", PIN)
+    await page.click("button.giftsync-apply")
+    await expect(summary).to_have_text("Vii •••• 8901 · applied $100.00 · remaining $20.00")
+    await expect(page.locator("#applied-code")).to_have_text(code)
+
+
+async def test_problem_detail_is_shown_for_a_wrong_pin(live: LiveCheckout, page: Page) -> None:
+    await page.goto(f"{live.base_url}/demo/checkout")
+    await page.fill("input[name=viiCardNumber]", CARD)
+    await page.fill("input[name=viiCardPin]", "9999")
+    await page.click("button.giftsync-apply")
+    await expect(page.locator(".giftsync-error")).to_have_text(
+        "The card number or PIN is not right."
+    )
+    await expect(page.locator(".giftsync-summary")).to_be_hidden()
+    await expect(page.locator("#applied-code")).to_have_text("None")
+    assert await _storage(page) == {}
