@@ -9,6 +9,7 @@ done is handed to a job committed in its own transaction (it must survive the ro
 
 from __future__ import annotations
 
+import json
 import secrets
 import string
 import uuid
@@ -26,7 +27,7 @@ from app.db import jobs
 from app.db.engine import SessionFactory, transaction
 from app.db.locks import lock_key
 from app.logging import get_logger
-from app.money import from_minor, to_minor
+from app.money import format_minor, from_minor, to_minor
 from app.settings import Settings
 
 log = get_logger(__name__)
@@ -525,8 +526,8 @@ class ShadowCardService:
                 await session.execute(
                     text(
                         """
-                        SELECT id, card_id, shopify_gift_card_id, hold_code,
-                               card_number_ciphertext
+                        SELECT id, card_id, shopify_gift_card_id, hold_code, vii_last4,
+                               card_number_ciphertext, applied_amount_minor, state
                         FROM shadow_cards WHERE id = :id
                         """
                     ),
@@ -538,8 +539,16 @@ class ShadowCardService:
             code = self._box.open(bytes.fromhex(payload["code_sealed"]), "job:code")
             found = await self.shopify.find_gift_card_by_code(code)
             shopify_id = found.id if found is not None else None
+        spent_minor = 0
         if shopify_id is not None:
-            await self.shopify.deactivate_gift_card(shopify_id)
+            final = await self.shopify.deactivate_gift_card(shopify_id)
+            if row is not None and row.state != "captured":
+                spent_minor = row.applied_amount_minor - to_minor(Decimal(final.balance))
+        if spent_minor > 0 and row is not None:
+            # Spent on Shopify but not yet captured (the paid webhook is late or lost): freeing
+            # the hold now would give the shopper that money twice. Keep it, tell staff.
+            await self._report_spent_before_close(row, spent_minor)
+            return
         hold_code = (row.hold_code if row is not None else None) or payload.get("hold_code")
         card_number = self._sealed_card_number(row, payload)
         if hold_code and card_number:
@@ -560,6 +569,32 @@ class ShadowCardService:
                     ),
                     {"c": row.card_id},
                 )
+
+    async def _report_spent_before_close(self, row: Any, spent_minor: int) -> None:
+        async with transaction(self.sessions) as session:
+            await session.execute(
+                text(
+                    """
+                    INSERT INTO findings (type, subject, card_id, evidence)
+                    VALUES ('unrepairable', :subject, :card, CAST(:evidence AS jsonb))
+                    ON CONFLICT DO NOTHING
+                    """
+                ),
+                {
+                    "subject": f"shadow:{row.id}:spent-before-close",
+                    "card": row.card_id,
+                    "evidence": json.dumps(
+                        {
+                            "reason": "shadow card spent on Shopify but not captured on Vii; "
+                            "the hold was kept",
+                            "spent": format_minor(spent_minor),
+                            "vii_last4": row.vii_last4,
+                            "hold_code": row.hold_code,
+                        }
+                    ),
+                },
+            )
+        log.error("shadow_spent_before_close", shadow_id=str(row.id), spent_minor=spent_minor)
 
     async def undo(self, payload: dict[str, Any]) -> None:
         """Job: reverse a Vii transaction whose answer was lost (stored-value timeout rule)."""

@@ -361,3 +361,17 @@ async def test_no_table_or_log_line_holds_a_pin_full_number_or_code(
     logged = capsys.readouterr()
     for secret in (card, pin, "11112222", code):
         assert secret not in logged.err + logged.out
+
+
+async def test_release_after_an_uncaptured_spend_keeps_the_hold_and_reports_it(
+    checkout: Checkout, engine: AsyncEngine
+) -> None:
+    code = (await checkout.apply("30.00")).json()["shopifyGiftCardCode"]
+    checkout.shopify.spend(card_by_code(checkout.shopify, code)["id"], Decimal("30.00"))
+    body = {"checkoutToken": "c-1", "shopifyGiftCardCode": code}
+    assert (await checkout.http.post("/check-balance/release", json=body)).status_code == 200
+    await checkout.run_jobs()
+    assert sum(checkout.vii.open_holds(CARD).values()) == Decimal("30.00")
+    async with engine.connect() as connection:
+        finding = (await connection.execute(text("SELECT type, evidence FROM findings"))).one()
+    assert finding.type == "unrepairable" and finding.evidence["spent"] == "30.00"
