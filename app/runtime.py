@@ -107,6 +107,10 @@ def install_features(runtime: Runtime) -> None:
         runtime.periodic = [p for p in runtime.periodic if p.name != "shadow-expiry"]
         runtime.periodic.append(Periodic("shadow-expiry", timedelta(seconds=30), expire))
 
+        from app.sync.shadow_capture import install_capture
+
+        install_capture(runtime)
+
 
 async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     settings = with_sandbox_secrets(settings)
