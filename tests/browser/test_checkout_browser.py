@@ -9,22 +9,19 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-import httpx
 import pytest
 import uvicorn
 from playwright.async_api import Browser, Page, expect
 
-from app.clients.shopify import ShopifyClient
-from app.clients.vii import ViiClient
 from app.main import create_app
-from app.runtime import Runtime, install_features
-from app.sandbox.faults import Faults
+from app.runtime import Runtime
 from app.sandbox.shopify import ShopifySimulator
-from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
-from app.sync.shadow_cards import ShadowCardService
+from app.sandbox.vii import ViiSimulator
 from tests.routers.test_demo_checkout import with_demo
 from tests.sync.test_shadow_cards import card_by_code
+from tests.wiring import shadow_upstreams
 
 # The demo card with a balance of 120.00, as `seed_demo` prints it in the server log.
 CARD = "6280002345678901"
@@ -41,29 +38,17 @@ class LiveCheckout:
 @pytest.fixture
 async def live(runtime: Runtime) -> AsyncIterator[LiveCheckout]:
     """giftsync on a real port (uvicorn in this event loop), wired like tests/sync's `checkout`."""
-    vii_sim = ViiSimulator(Faults())
-    shop_sim = ShopifySimulator(Faults())
-    assert f"  Vii card {CARD} PIN {PIN} balance 120.00" in vii_sim.seed_demo()
-    vii = ViiClient(
-        "http://vii.sim/",
-        DEMO_USERNAME,
-        DEMO_PASSWORD,
-        DEMO_STORE_ID,
-        timeout=2.0,
-        backoff=0.0,
-        transport=httpx.ASGITransport(app=vii_sim.app),
-    )
-    shop = ShopifyClient(
-        "http://shop.sim",
-        "shpat_sandbox_token",
-        "2025-01",
-        timeout=2.0,
-        transport=httpx.ASGITransport(app=shop_sim.app),
-    )
-    runtime.shadow_cards = ShadowCardService(runtime.sessions, runtime.settings, vii, shop)
-    install_features(runtime)
-    app = with_demo(create_app(runtime, run_worker=False))
+    async with shadow_upstreams(runtime) as up:
+        vii_sim, shop_sim = up.vii_sim, up.shop_sim
+        assert f"  Vii card {CARD} PIN {PIN} balance 120.00" in vii_sim.seed_demo()
+        app = with_demo(create_app(runtime, run_worker=False))
+        async for live_checkout in _serve(app, vii_sim, shop_sim):
+            yield live_checkout
 
+
+async def _serve(
+    app: Any, vii_sim: ViiSimulator, shop_sim: ShopifySimulator
+) -> AsyncIterator[LiveCheckout]:
     # Bound before uvicorn starts, so no other process can take the port in between.
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -81,8 +66,6 @@ async def live(runtime: Runtime) -> AsyncIterator[LiveCheckout]:
         server.should_exit = True
         await serving
         listener.close()
-        await vii.aclose()
-        await shop.aclose()
 
 
 @pytest.fixture

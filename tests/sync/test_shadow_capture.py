@@ -17,13 +17,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.clients.shopify import ShopifyClient
-from app.clients.vii import ViiClient
 from app.main import create_app
-from app.runtime import Runtime, install_features
-from app.sandbox.faults import Faults
+from app.runtime import Runtime
 from app.sandbox.shopify import ShopifySimulator
-from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
+from app.sandbox.vii import ViiSimulator
 from app.sync.inbox import Delivery, store_delivery
 from app.sync.shadow_capture import (
     CAPTURE_JOB,
@@ -31,8 +28,8 @@ from app.sync.shadow_capture import (
     install_capture,
     payment_from_rest,
 )
-from app.sync.shadow_cards import ShadowCardService
 from app.worker import Worker
+from tests.wiring import shadow_upstreams
 
 CARD = "6280001234567890"
 PIN = "4321"
@@ -102,36 +99,15 @@ class Flow:
 
 @pytest.fixture
 async def flow(runtime: Runtime, engine: AsyncEngine) -> AsyncIterator[Flow]:
-    vii_sim = ViiSimulator(Faults())
-    shop_sim = ShopifySimulator(Faults())
-    vii_sim.add_card(CARD, PIN, Decimal("50.00"))
-    vii_sim.faults.lost_answer_hang_s = 5.0
-    vii = ViiClient(
-        "http://vii.sim/",
-        DEMO_USERNAME,
-        DEMO_PASSWORD,
-        DEMO_STORE_ID,
-        timeout=0.3,
-        backoff=0.0,
-        transport=httpx.ASGITransport(app=vii_sim.app),
-    )
-    shop = ShopifyClient(
-        "http://shop.sim",
-        "shpat_sandbox_token",
-        "2025-01",
-        timeout=2.0,
-        transport=httpx.ASGITransport(app=shop_sim.app),
-    )
-    runtime.shadow_cards = ShadowCardService(runtime.sessions, runtime.settings, vii, shop)
-    install_features(runtime)
-    service = install_capture(runtime)
-    assert service is not None
-    app = create_app(runtime, run_worker=False)
-    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 5000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as http:
-        yield Flow(http, vii_sim, shop_sim, runtime, service, engine)
-    await vii.aclose()
-    await shop.aclose()
+    async with shadow_upstreams(runtime, vii_timeout=0.3) as up:
+        up.vii_sim.add_card(CARD, PIN, Decimal("50.00"))
+        up.vii_sim.faults.lost_answer_hang_s = 5.0
+        service = install_capture(runtime)
+        assert service is not None
+        app = create_app(runtime, run_worker=False)
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as http:
+            yield Flow(http, up.vii_sim, up.shop_sim, runtime, service, engine)
 
 
 async def assert_captured_once(flow: Flow, applied: dict[str, Any], amount: str) -> None:

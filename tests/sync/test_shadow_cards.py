@@ -14,15 +14,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.clients.shopify import ShopifyClient
-from app.clients.vii import ViiClient
 from app.main import create_app
-from app.runtime import Runtime, install_features
-from app.sandbox.faults import Faults
+from app.runtime import Runtime
 from app.sandbox.shopify import ShopifySimulator
-from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
-from app.sync.shadow_cards import ShadowCardService
+from app.sandbox.vii import ViiSimulator
 from app.worker import Worker
+from tests.wiring import shadow_upstreams
 
 CARD = "6280001234567890"
 PIN = "4321"
@@ -66,33 +63,12 @@ class Checkout:
 
 @pytest.fixture
 async def checkout(runtime: Runtime) -> AsyncIterator[Checkout]:
-    vii_sim = ViiSimulator(Faults())
-    shop_sim = ShopifySimulator(Faults())
-    vii_sim.add_card(CARD, PIN, Decimal("50.00"))
-    vii = ViiClient(
-        "http://vii.sim/",
-        DEMO_USERNAME,
-        DEMO_PASSWORD,
-        DEMO_STORE_ID,
-        timeout=2.0,
-        backoff=0.0,
-        transport=httpx.ASGITransport(app=vii_sim.app),
-    )
-    shop = ShopifyClient(
-        "http://shop.sim",
-        "shpat_sandbox_token",
-        "2025-01",
-        timeout=2.0,
-        transport=httpx.ASGITransport(app=shop_sim.app),
-    )
-    runtime.shadow_cards = ShadowCardService(runtime.sessions, runtime.settings, vii, shop)
-    install_features(runtime)
-    app = create_app(runtime, run_worker=False)
-    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 5000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as http:
-        yield Checkout(http, vii_sim, shop_sim, runtime, app)
-    await vii.aclose()
-    await shop.aclose()
+    async with shadow_upstreams(runtime) as up:
+        up.vii_sim.add_card(CARD, PIN, Decimal("50.00"))
+        app = create_app(runtime, run_worker=False)
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as http:
+            yield Checkout(http, up.vii_sim, up.shop_sim, runtime, app)
 
 
 def card_by_code(sim: ShopifySimulator, code: str) -> dict[str, Any]:
