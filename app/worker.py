@@ -158,7 +158,10 @@ class Worker:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.config.idle_poll)
                 continue
             for job in claimed:
-                await self._execute(job)
+                try:
+                    await self._execute(job)
+                except Exception as exc:
+                    log.error("job_bookkeeping_failed", job_id=job.id, error=mask_text(str(exc)))
 
     async def _execute(self, job: jobs.ClaimedJob) -> None:
         handler = self.handlers.get(job.kind)
@@ -174,7 +177,13 @@ class Worker:
             permanent = isinstance(exc, PermanentJobError)
             async with transaction(self.sessions) as session:
                 state = await jobs.fail(
-                    session, job, self.worker_id, error, retry_in=retry_in, permanent=permanent
+                    session,
+                    job,
+                    self.worker_id,
+                    error,
+                    retry_in=retry_in,
+                    permanent=permanent,
+                    count_attempt=not isinstance(exc, RetryLater),
                 )
             JOBS_FINISHED.labels(kind=job.kind, outcome=state).inc()
             if state == "dead":

@@ -196,3 +196,53 @@ async def test_singleton_runs_on_one_worker_at_a_time(
         assert await run_as_singleton(other, "poller", now_free) is True and ran == [True]
     finally:
         await other_engine.dispose()
+
+
+async def test_retry_later_does_not_spend_attempts(
+    sessions: SessionFactory, engine: AsyncEngine
+) -> None:
+    async def handler(payload: dict[str, Any]) -> None:
+        raise RetryLater("waiting for an undo", timedelta(seconds=0))
+
+    async with transaction(sessions) as session:
+        await jobs.enqueue(session, "waits", {}, "waits:1", max_attempts=2)
+    worker = Worker(sessions, {"waits": handler})
+    for _ in range(5):
+        assert await worker.run_once() == 1
+    async with engine.connect() as connection:
+        state, attempts = (await connection.execute(text("SELECT state, attempts FROM jobs"))).one()
+    assert (state, attempts) == ("queued", 0)
+
+
+async def test_a_database_error_while_recording_a_result_does_not_kill_the_loop(
+    sessions: SessionFactory, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        ran.append(payload["n"])
+
+    await _enqueue_many(sessions, 2)
+    real_complete = jobs.complete
+    calls = {"n": 0}
+
+    async def flaky_complete(*args: Any, **kwargs: Any) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("database blip")
+        return await real_complete(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "complete", flaky_complete)
+    worker = Worker(
+        sessions, {"probe": handler}, config=WorkerConfig(concurrency=1, idle_poll=0.02)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while len(ran) < 2:
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task
+    assert sorted(ran) == [0, 1]

@@ -115,14 +115,20 @@ async def fail(
     *,
     retry_in: timedelta | None = None,
     permanent: bool = False,
+    count_attempt: bool = True,
 ) -> str:
-    """Requeue with backoff, or park as dead after the last attempt; returns the new state."""
-    dead = permanent or job.attempts >= job.max_attempts
+    """Requeue with backoff, or park as dead after the last attempt; returns the new state.
+
+    A handler that asked to wait (`count_attempt=False`, e.g. for an Undo to land first) did
+    not fail, so its claim is given back rather than spent.
+    """
+    dead = permanent or (count_attempt and job.attempts >= job.max_attempts)
     delay = retry_in if retry_in is not None else backoff(job.attempts)
     state: str | None = await session.scalar(
         text(
             """
             UPDATE jobs SET state = :state, last_error = :error, locked_by = NULL,
+                   attempts = attempts - CASE WHEN :count_attempt THEN 0 ELSE 1 END,
                    locked_until = NULL, updated_at = now(),
                    run_at = CASE WHEN :dead THEN run_at ELSE now() + :delay END,
                    finished_at = CASE WHEN :dead THEN now() ELSE NULL END
@@ -134,6 +140,7 @@ async def fail(
             "state": "dead" if dead else "queued",
             "error": error[:4000],
             "dead": dead,
+            "count_attempt": count_attempt,
             "delay": delay,
             "id": job.id,
             "worker": worker_id,
