@@ -118,6 +118,14 @@ class ShadowCardNotFound(ShadowCardError):
     status, code = 404, "not_found"
 
 
+class _CommitThenRaise(Exception):
+    """Upstreams already moved: commit what the session recorded of it, then refuse."""
+
+    def __init__(self, error: ShadowCardError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
 @dataclass(frozen=True)
 class ApplyRequest:
     card_number: str
@@ -187,7 +195,12 @@ class ShadowCardService:
             live = await self._live_row(session, checkout_token, vii_hash)
             if live is None:
                 return await self._apply_new(session, request, checkout_token, vii_hash)
-            return await self._resize(session, request, live, vii_hash)
+            try:
+                return await self._resize(session, request, live, vii_hash)
+            except _CommitThenRaise as deferred:
+                refusal = deferred.error
+        # Reached only when upstream state already changed: what was recorded is committed.
+        raise refusal
 
     async def _apply_new(
         self, session: AsyncSession, request: ApplyRequest, checkout_token: str, vii_hash: str
@@ -332,9 +345,18 @@ class ShadowCardService:
             hold, vii_balance, applied = await self._rehold(
                 session, request, live, vii_hash, target
             )
+        reheld = hold != live.hold_amount_minor
         new_applied = min(target, hold)
+        failure: ShadowCardError | None = None
         if new_applied != applied:
-            await self._move_shopify(session, live, new_applied - applied, step="apply")
+            try:
+                await self._move_shopify(session, live, new_applied - applied, step="apply")
+            except ShopifyUnavailableError as exc:
+                if not reheld:
+                    raise
+                # The new hold exists and the card sits at zero: keep that, the next call
+                # (same checkout) credits it up.
+                failure, new_applied = exc, applied
         await session.execute(
             text(
                 """
@@ -345,6 +367,8 @@ class ShadowCardService:
             ),
             {"applied": new_applied, "hold": hold, "balance": vii_balance, "id": live.id},
         )
+        if failure is not None:
+            raise _CommitThenRaise(failure)
         code = self._box.open(live.shopify_code_ciphertext, f"code:{live.id}")
         return ApplyResult(
             amount_applied=from_minor(new_applied),
@@ -377,7 +401,14 @@ class ShadowCardService:
         reference = f"shadow:{live.id}"
         if live.applied_amount_minor > 0:
             await self._move_shopify(session, live, -live.applied_amount_minor, step="rehold")
-        await self.vii.cancel_pre_auth(request.card_number, live.hold_code, reference)
+        try:
+            await self.vii.cancel_pre_auth(request.card_number, live.hold_code, reference)
+        except UpstreamError:
+            # The card is already at zero; the close job cancels the still-open hold.
+            await self._give_up_after_failed_rehold(session, live, hold_still_open=True)
+            raise _CommitThenRaise(
+                ViiUnavailableError("Vii did not answer; the card was released.", retry_after=5)
+            ) from None
         tran_id = self.vii.new_tran_id()
         try:
             hold = await self.vii.pre_auth(
@@ -390,13 +421,13 @@ class ShadowCardService:
                 f"vii:undo:{tran_id}",
                 secret_card=request.card_number,
             )
-            await self._give_up_after_failed_rehold(session, live)
-            raise ViiUnavailableError(
-                "Vii did not answer; the card was released.", retry_after=5
+            await self._give_up_after_failed_rehold(session, live, hold_still_open=False)
+            raise _CommitThenRaise(
+                ViiUnavailableError("Vii did not answer; the card was released.", retry_after=5)
             ) from None
         except UpstreamError as exc:
-            await self._give_up_after_failed_rehold(session, live)
-            raise await self._vii_refusal(exc, vii_hash, request) from None
+            await self._give_up_after_failed_rehold(session, live, hold_still_open=False)
+            raise _CommitThenRaise(await self._vii_refusal(exc, vii_hash, request)) from None
         await session.execute(
             text(
                 "UPDATE shadow_cards SET hold_code = :hold, applied_amount_minor = 0 WHERE id = :id"
@@ -405,17 +436,23 @@ class ShadowCardService:
         )
         return new_hold, vii_balance, 0
 
-    async def _give_up_after_failed_rehold(self, session: AsyncSession, live: Any) -> None:
-        """The old hold is gone and no new one exists: the (empty) shadow card is retired."""
+    async def _give_up_after_failed_rehold(
+        self, session: AsyncSession, live: Any, *, hold_still_open: bool
+    ) -> None:
+        """Growing the hold failed with the Shopify card already at zero: retire the card.
+
+        The close job then deactivates it and, if the old hold is still open, cancels it.
+        """
         await session.execute(
             text(
                 """
                 UPDATE shadow_cards SET state = 'released', pin_ciphertext = NULL,
-                       hold_code = NULL, applied_amount_minor = 0, updated_at = now()
+                       hold_code = CASE WHEN :open THEN hold_code ELSE NULL END,
+                       applied_amount_minor = 0, updated_at = now()
                 WHERE id = :id
                 """
             ),
-            {"id": live.id},
+            {"id": live.id, "open": hold_still_open},
         )
         await jobs.enqueue(
             session,
@@ -552,7 +589,14 @@ class ShadowCardService:
         hold_code = (row.hold_code if row is not None else None) or payload.get("hold_code")
         card_number = self._sealed_card_number(row, payload)
         if hold_code and card_number:
-            await self.vii.cancel_pre_auth(card_number, hold_code, f"shadow:{payload['shadow_id']}")
+            try:
+                await self.vii.cancel_pre_auth(
+                    card_number, hold_code, f"shadow:{payload['shadow_id']}"
+                )
+            except UpstreamError as exc:
+                # Vii no longer knows the hold (expired or already cancelled): it is closed.
+                if type(exc).__name__ != "ViiHoldNotFound":
+                    raise
         if row is not None:
             async with transaction(self.sessions) as session:
                 await session.execute(

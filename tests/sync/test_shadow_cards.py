@@ -351,3 +351,37 @@ async def test_release_after_an_uncaptured_spend_keeps_the_hold_and_reports_it(
     async with engine.connect() as connection:
         finding = (await connection.execute(text("SELECT type, evidence FROM findings"))).one()
     assert finding.type == "unrepairable" and finding.evidence["spent"] == "30.00"
+
+
+@pytest.mark.parametrize("failing_step", ["pre_auth", "cancel_pre_auth"])
+async def test_a_failed_rehold_retires_the_card_and_leaves_no_hold(
+    checkout: Checkout, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch, failing_step: str
+) -> None:
+    from app.clients.vii import ViiUnavailable
+
+    code = (await checkout.apply("30.00")).json()["shopifyGiftCardCode"]
+    service = checkout.runtime.shadow_cards
+    assert service is not None
+    real = getattr(service.vii, failing_step)
+    calls = {"n": 0}
+
+    async def fail_once(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ViiUnavailable("Vii timed out")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(service.vii, failing_step, fail_once)
+    grown = await checkout.apply("45.00")
+    assert grown.status_code == 503 and grown.json()["code"] == "vii_unavailable"
+    assert _shopify_balance(checkout.shopify, code) == Decimal("0.00")
+    async with engine.connect() as connection:
+        state, applied = (
+            await connection.execute(text("SELECT state, applied_amount_minor FROM shadow_cards"))
+        ).one()
+        ledger = await connection.scalar(text("SELECT sum(amount_minor) FROM ledger"))
+    assert (state, applied) == ("released", 0)
+    assert ledger == 0  # the create (+3000) and the debit to zero (-3000) are both on record
+    await checkout.run_jobs()
+    assert card_by_code(checkout.shopify, code)["enabled"] is False
+    assert checkout.vii.open_holds(CARD) == {}
