@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -41,6 +41,7 @@ CAPTURE_JOB = "shadow.capture"
 GIFT_CARD_GATEWAY = "gift_card"
 CHARGE_KINDS = frozenset({"sale", "capture"})
 RETRY_AFTER_UNKNOWN = timedelta(seconds=5)
+UNDO_ARMED_FOR = timedelta(minutes=10)
 REFUND_NOTE = "refund_needs_staff"
 TOPIC_PAID = "orders/paid"
 TOPIC_TRANSACTION = "order_transactions/create"
@@ -249,6 +250,7 @@ class ShadowCaptureService:
                 return
             if await self._undo_pending(session, shadow_id):
                 # UPSTREAMS: a lost redemption is undone before anything is redeemed again.
+                await self._fire_undos(shadow_id)
                 raise RetryLater("waiting for Vii to undo a lost capture", RETRY_AFTER_UNKNOWN)
             pin = self._box.open(row.pin_ciphertext, f"pin:{row.id}")
             card_number = self._box.open(row.card_number_ciphertext, f"number:{row.id}")
@@ -267,6 +269,13 @@ class ShadowCaptureService:
                     },
                 )
                 return
+            await session.execute(
+                text(
+                    "UPDATE jobs SET state = 'done', finished_at = now() "
+                    "WHERE idempotency_key = :key AND state = 'queued'"
+                ),
+                {"key": f"vii:undo:{tran_id}"},
+            )
             await session.execute(
                 text(
                     """
@@ -307,17 +316,23 @@ class ShadowCaptureService:
         hold_code: str | None = row.hold_code
         while True:
             tran_id = self.vii.new_tran_id()
+            # Armed before sending: if this process dies after Vii approves and before the
+            # capture commits, the retry finds this Undo and fires it before redeeming again.
+            await self._enqueue_undo(
+                row.id, tran_id, card_number, run_at=datetime.now(UTC) + UNDO_ARMED_FOR
+            )
             try:
                 await self.vii.redeem(
                     card_number, pin, amount, reference, pre_auth_code=hold_code, tran_id=tran_id
                 )
             except UnknownOutcome:
-                await self._enqueue_undo(row.id, tran_id, card_number)
+                await self._fire_undos(row.id)
                 raise RetryLater(
                     "Vii did not answer a capture; undoing it before a new attempt",
                     RETRY_AFTER_UNKNOWN,
                 ) from None
             except UpstreamRejected as exc:
+                await self._disarm_undo(tran_id)
                 if hold_code is not None and type(exc).__name__ == "ViiHoldNotFound":
                     # The hold is gone (Vii expired it, or an undone lost capture used it up):
                     # the shopper was charged on Shopify, so redeem the card directly.
@@ -499,7 +514,33 @@ class ShadowCaptureService:
         )
         return bool(pending)
 
-    async def _enqueue_undo(self, shadow_id: Any, tran_id: str, card_number: str) -> None:
+    async def _fire_undos(self, shadow_id: Any) -> None:
+        """Make every armed Undo of this card due now (committed on its own)."""
+        async with transaction(self.sessions) as session:
+            await session.execute(
+                text(
+                    """
+                    UPDATE jobs SET run_at = now() WHERE kind = :kind AND state = 'queued'
+                      AND payload->>'shadow_id' = :id AND run_at > now()
+                    """
+                ),
+                {"kind": UNDO_JOB, "id": str(shadow_id)},
+            )
+
+    async def _disarm_undo(self, tran_id: str) -> None:
+        """Vii refused the attempt outright: there is nothing to undo."""
+        async with transaction(self.sessions) as session:
+            await session.execute(
+                text(
+                    "UPDATE jobs SET state = 'done', finished_at = now() "
+                    "WHERE idempotency_key = :key AND state = 'queued'"
+                ),
+                {"key": f"vii:undo:{tran_id}"},
+            )
+
+    async def _enqueue_undo(
+        self, shadow_id: Any, tran_id: str, card_number: str, *, run_at: datetime | None = None
+    ) -> None:
         """Committed on its own: the capture's transaction rolls back when it retries."""
         async with transaction(self.sessions) as session:
             await jobs.enqueue(
@@ -511,6 +552,7 @@ class ShadowCaptureService:
                     "card_sealed": self._box.seal(card_number, "job:card").hex(),
                 },
                 f"vii:undo:{tran_id}",
+                run_at=run_at,
             )
 
     @staticmethod

@@ -290,3 +290,26 @@ async def test_refund_before_capture_becomes_a_finding_once_captured(flow: Flow)
         findings = (await connection.execute(text("SELECT type, subject FROM findings"))).all()
     txn = legacy(refund["transaction_id"])
     assert findings == [("refund_needs_staff", f"order:{order['legacy_id']}:txn:{txn}")]
+
+
+async def test_a_crash_after_vii_approved_the_capture_still_debits_exactly_once(
+    flow: Flow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied = await flow.apply("20.00")
+    order = flow.shopify.create_order([(applied["gid"], Decimal("20.00"))])
+    await flow.deliver("orders/paid", order["webhooks"]["orders/paid"])
+    real_ledger = flow.capture._ledger
+    crashes = {"n": 0}
+
+    async def crash_once(*args: Any, **kwargs: Any) -> None:
+        if crashes["n"] == 0:
+            crashes["n"] += 1
+            raise ConnectionError("the process died before the capture was recorded")
+        await real_ledger(*args, **kwargs)
+
+    monkeypatch.setattr(flow.capture, "_ledger", crash_once)
+    await flow.run_jobs(rounds=2)  # the delivery, then the capture that "crashes"
+    assert crashes["n"] == 1
+    assert flow.vii.balance(CARD) == Decimal("30.00")  # Vii applied it; giftsync has no record
+    await flow.run_jobs()
+    await assert_captured_once(flow, applied, "20.00")
