@@ -66,6 +66,7 @@ class CaptureVii(Protocol):
 
 class OrderReader(Protocol):
     async def get_order(self, order_id: str | int) -> Any: ...
+    async def find_gift_cards_by_last_characters(self, last_characters: str) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -499,6 +500,14 @@ class ShadowCaptureService:
         if len(rows) != 1:
             if rows:
                 log.warning("shadow_match_ambiguous", subject=payment.subject, matches=len(rows))
+            return None
+        # A shadow code ends in the Vii card's last 4, so an ordinary card can share them:
+        # only when Shopify knows no other card ending so is the payment surely this one.
+        same_ending = await self.shopify.find_gift_cards_by_last_characters(
+            payment.last_characters[-4:]
+        )
+        if [card.id for card in same_ending] != [rows[0].shopify_gift_card_id]:
+            log.warning("shadow_match_ambiguous", subject=payment.subject, matches=len(same_ending))
             return None
         return rows[0]
 

@@ -6,6 +6,7 @@ worker, as in production.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -313,3 +314,20 @@ async def test_a_crash_after_vii_approved_the_capture_still_debits_exactly_once(
     assert flow.vii.balance(CARD) == Decimal("30.00")  # Vii applied it; giftsync has no record
     await flow.run_jobs()
     await assert_captured_once(flow, applied, "20.00")
+
+
+@pytest.mark.parametrize("lookalike", [False, True])
+async def test_matching_by_last_characters_needs_shopify_to_agree(
+    flow: Flow, lookalike: bool
+) -> None:
+    applied = await flow.apply("20.00")
+    if lookalike:
+        flow.shopify.create_gift_card(Decimal("40.00"), code="ordinarycardx" + CARD[-4:])
+    order = flow.shopify.create_order([(applied["gid"], Decimal("20.00"))])
+    sale = dict(order["webhooks"]["order_transactions/create"][0])
+    receipt = sale["receipt"] if isinstance(sale["receipt"], dict) else json.loads(sale["receipt"])
+    sale["receipt"] = {"gift_card_last_characters": receipt["gift_card_last_characters"]}
+    await flow.deliver("order_transactions/create", sale)
+    await flow.run_jobs()
+    captured = flow.vii.balance(CARD) == Decimal("30.00")
+    assert captured is not lookalike
