@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from app.logging import configure_logging, get_logger
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
-from app.routers import checkout, demo, health, webhooks
+from app.routers import checkout, demo, health, internal, webhooks
 from app.runtime import Runtime, build_runtime
 from app.settings import load_settings
 
@@ -58,6 +58,7 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     app.include_router(webhooks.router)
     app.include_router(checkout.router)
     app.include_router(demo.router)
+    app.include_router(internal.router)
     demo.mount_static(app)
     return app
 
