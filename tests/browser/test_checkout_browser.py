@@ -19,7 +19,6 @@ from app.main import create_app
 from app.runtime import Runtime
 from app.sandbox.shopify import ShopifySimulator
 from app.sandbox.vii import ViiSimulator
-from tests.routers.test_demo_checkout import with_demo
 from tests.sync.test_shadow_cards import card_by_code
 from tests.wiring import shadow_upstreams
 
@@ -41,7 +40,7 @@ async def live(runtime: Runtime) -> AsyncIterator[LiveCheckout]:
     async with shadow_upstreams(runtime) as up:
         vii_sim, shop_sim = up.vii_sim, up.shop_sim
         assert f"  Vii card {CARD} PIN {PIN} balance 120.00" in vii_sim.seed_demo()
-        app = with_demo(create_app(runtime, run_worker=False))
+        app = create_app(runtime, run_worker=False)
         async for live_checkout in _serve(app, vii_sim, shop_sim):
             yield live_checkout
 

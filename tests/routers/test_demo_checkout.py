@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from pydantic import SecretStr
 
 from app.main import create_app
@@ -16,19 +15,9 @@ from app.runtime import Runtime
 from tests.conftest import make_settings
 
 
-def with_demo(app: FastAPI) -> FastAPI:
-    """Add the demo router and static files unless `create_app` already does."""
-    paths = {getattr(route, "path", None) for route in app.routes}
-    if "/demo/checkout" not in paths:
-        app.include_router(demo.router)
-    if "/static" not in paths:
-        demo.mount_static(app)
-    return app
-
-
 @pytest.fixture
 async def http(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    app = with_demo(create_app(runtime, run_worker=False))
+    app = create_app(runtime, run_worker=False)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as client:
         yield client
@@ -55,7 +44,7 @@ async def test_demo_page_is_absent_outside_sandbox_mode(runtime: Runtime) -> Non
         shopify_admin_token=SecretStr("shpat_production_token"),
     )
     assert not runtime.settings.sandbox_enabled
-    app = with_demo(create_app(runtime, run_worker=False))
+    app = create_app(runtime, run_worker=False)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as client:
         response = await client.get("/demo/checkout")

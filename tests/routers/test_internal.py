@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.engine import SessionFactory, transaction
 from app.db.jobs import enqueue
 from app.main import create_app
-from app.routers import internal
 from app.runtime import Runtime
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -33,8 +32,6 @@ ROUTES = [
 @pytest.fixture
 async def api(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(runtime, run_worker=False)
-    if not any(getattr(route, "path", None) == "/internal/jobs" for route in app.routes):
-        app.include_router(internal.router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as client:
         yield client
@@ -96,8 +93,6 @@ async def test_token_is_checked_before_validation(api: httpx.AsyncClient) -> Non
 async def test_unset_admin_token_refuses_everything(runtime: Runtime) -> None:
     runtime.settings = runtime.settings.model_copy(update={"admin_token": None})
     app = create_app(runtime, run_worker=False)
-    if not any(getattr(route, "path", None) == "/internal/jobs" for route in app.routes):
-        app.include_router(internal.router)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         _assert_unauthorized(await client.get("/internal/jobs", headers=AUTH))
