@@ -10,7 +10,6 @@ staff; a cancellation before capture retires the card like an abandoned checkout
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clients.errors import UnknownOutcome, UpstreamRejected
 from app.crypto import SecretBox
-from app.db import jobs
+from app.db import jobs, records
 from app.db.engine import SessionFactory, transaction
 from app.db.locks import lock_for_transaction
 from app.logging import get_logger
@@ -566,10 +565,7 @@ class ShadowCaptureService:
 
     @staticmethod
     async def _ledger_exists(session: AsyncSession, key: str) -> bool:
-        found = await session.scalar(
-            text("SELECT 1 FROM ledger WHERE idempotency_key = :k"), {"k": key}
-        )
-        return found is not None
+        return await records.ledger_entry_exists(session, key)
 
     @staticmethod
     async def _ledger(
@@ -581,43 +577,22 @@ class ShadowCaptureService:
         detail: dict[str, Any],
     ) -> bool:
         """True when this entry is new (a re-run delivery finds it already written)."""
-        inserted = await session.scalar(
-            text(
-                """
-                INSERT INTO ledger (card_id, system, amount_minor, idempotency_key, cause, detail)
-                VALUES (:c, 'vii', :a, :k, :cause, CAST(:detail AS jsonb))
-                ON CONFLICT (idempotency_key) DO NOTHING
-                RETURNING id
-                """
-            ),
-            {
-                "c": card_id,
-                "a": amount_minor,
-                "k": key,
-                "cause": cause,
-                "detail": json.dumps(detail),
-            },
+        return await records.add_ledger_entry(
+            session,
+            card_id=card_id,
+            system="vii",
+            amount_minor=amount_minor,
+            key=key,
+            cause=cause,
+            detail=detail,
         )
-        return inserted is not None
 
     @staticmethod
     async def _finding(
         session: AsyncSession, kind: str, subject: str, card_id: Any, evidence: dict[str, Any]
     ) -> None:
-        await session.execute(
-            text(
-                """
-                INSERT INTO findings (type, subject, card_id, evidence)
-                VALUES (:type, :subject, :card, CAST(:evidence AS jsonb))
-                ON CONFLICT (type, subject) WHERE resolved_at IS NULL DO NOTHING
-                """
-            ),
-            {
-                "type": kind,
-                "subject": subject,
-                "card": card_id,
-                "evidence": json.dumps(evidence),
-            },
+        await records.open_finding(
+            session, finding_type=kind, subject=subject, card_id=card_id, evidence=evidence
         )
 
 

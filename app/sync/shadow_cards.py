@@ -9,7 +9,6 @@ done is handed to a job committed in its own transaction (it must survive the ro
 
 from __future__ import annotations
 
-import json
 import secrets
 import string
 import uuid
@@ -23,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clients.errors import UnknownOutcome, UpstreamError, UpstreamUnavailable
 from app.crypto import SecretBox, card_hash, constant_time_equal
-from app.db import jobs
+from app.db import jobs, records
 from app.db.engine import SessionFactory, transaction
 from app.db.locks import lock_key
 from app.logging import get_logger
@@ -616,26 +615,17 @@ class ShadowCardService:
 
     async def _report_spent_before_close(self, row: Any, spent_minor: int) -> None:
         async with transaction(self.sessions) as session:
-            await session.execute(
-                text(
-                    """
-                    INSERT INTO findings (type, subject, card_id, evidence)
-                    VALUES ('unrepairable', :subject, :card, CAST(:evidence AS jsonb))
-                    ON CONFLICT DO NOTHING
-                    """
-                ),
-                {
-                    "subject": f"shadow:{row.id}:spent-before-close",
-                    "card": row.card_id,
-                    "evidence": json.dumps(
-                        {
-                            "reason": "shadow card spent on Shopify but not captured on Vii; "
-                            "the hold was kept",
-                            "spent": format_minor(spent_minor),
-                            "vii_last4": row.vii_last4,
-                            "hold_code": row.hold_code,
-                        }
-                    ),
+            await records.open_finding(
+                session,
+                finding_type="unrepairable",
+                subject=f"shadow:{row.id}:spent-before-close",
+                card_id=row.card_id,
+                evidence={
+                    "reason": "shadow card spent on Shopify but not captured on Vii; "
+                    "the hold was kept",
+                    "spent": format_minor(spent_minor),
+                    "vii_last4": row.vii_last4,
+                    "hold_code": row.hold_code,
                 },
             )
         log.error("shadow_spent_before_close", shadow_id=str(row.id), spent_minor=spent_minor)
@@ -726,14 +716,8 @@ class ShadowCardService:
     async def _ledger(
         self, session: AsyncSession, card_id: Any, system: str, amount: int, key: str, cause: str
     ) -> None:
-        await session.execute(
-            text(
-                """
-                INSERT INTO ledger (card_id, system, amount_minor, idempotency_key, cause)
-                VALUES (:c, :s, :a, :k, :cause) ON CONFLICT (idempotency_key) DO NOTHING
-                """
-            ),
-            {"c": card_id, "s": system, "a": amount, "k": key, "cause": cause},
+        await records.add_ledger_entry(
+            session, card_id=card_id, system=system, amount_minor=amount, key=key, cause=cause
         )
 
     async def _cancel_hold_now_or_later(
