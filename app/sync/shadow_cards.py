@@ -185,7 +185,11 @@ class ShadowCardService:
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         vii_hash = card_hash(self._hash_key, request.card_number)
         await self._refuse_if_locked_out(vii_hash, request.client_address)
-        checkout_token = request.checkout_token or f"anon-{uuid.uuid4().hex}"
+        # The old frontend may send no token: derive a stable one, so a retry after a timeout
+        # finds the same shadow card instead of holding the card's funds a second time.
+        checkout_token = request.checkout_token or (
+            "anon-" + card_hash(self._hash_key, f"{vii_hash}|{request.client_address}")[:32]
+        )
         async with transaction(self.sessions) as session:
             await session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
             await session.execute(

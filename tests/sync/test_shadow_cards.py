@@ -385,3 +385,12 @@ async def test_a_failed_rehold_retires_the_card_and_leaves_no_hold(
     await checkout.run_jobs()
     assert card_by_code(checkout.shopify, code)["enabled"] is False
     assert checkout.vii.open_holds(CARD) == {}
+
+
+async def test_requests_without_a_checkout_token_are_still_idempotent(checkout: Checkout) -> None:
+    body = {"viiCardNumber": CARD, "viiCardPin": PIN, "cartTotal": "20.00"}
+    first = await checkout.http.post("/check-balance", json=body)
+    again = await checkout.http.post("/check-balance", json=body)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["shopifyGiftCardCode"] == again.json()["shopifyGiftCardCode"]
+    assert len(checkout.vii.open_holds(CARD)) == 1
