@@ -28,6 +28,7 @@ from app.db.locks import lock_key
 from app.logging import get_logger
 from app.money import format_minor, from_minor, to_minor
 from app.settings import Settings
+from app.worker import RetryLater
 
 log = get_logger(__name__)
 
@@ -35,6 +36,7 @@ CLOSE_JOB = "shadow.close"
 UNDO_JOB = "vii.undo"
 PIN_FAILURE_LIMIT = 5
 PIN_FAILURE_WINDOW = timedelta(minutes=15)
+CREATE_SEARCH_GRACE = timedelta(minutes=2)
 LOCK_TIMEOUT = "10s"
 _CODE_ALPHABET = string.ascii_lowercase + string.digits
 _CODE_RANDOM_CHARS = 13  # 13 * log2(36) = 67 random bits, above the 64 DESIGN asks for
@@ -579,6 +581,15 @@ class ShadowCardService:
             code = self._box.open(bytes.fromhex(payload["code_sealed"]), "job:code")
             found = await self.shopify.find_gift_card_by_code(code)
             shopify_id = found.id if found is not None else None
+            search_until = datetime.fromisoformat(
+                payload.get("search_until", "1970-01-01T00:00:00+00:00")
+            )
+            if shopify_id is None and datetime.now(UTC) < search_until:
+                # Search can lag a create: until the grace period ends, "not found" may only
+                # mean "not indexed yet", and freeing the hold could leave a live card unbacked.
+                raise RetryLater(
+                    "the card may exist but not be searchable yet", timedelta(seconds=10)
+                )
         spent_minor = 0
         if shopify_id is not None:
             final = await self.shopify.deactivate_gift_card(shopify_id)
@@ -738,6 +749,7 @@ class ShadowCardService:
         payload: dict[str, Any] = {"shadow_id": str(shadow_id), "hold_code": hold_code}
         if code is not None:
             payload["code_sealed"] = self._box.seal(code, "job:code").hex()
+            payload["search_until"] = (datetime.now(UTC) + CREATE_SEARCH_GRACE).isoformat()
         await self._enqueue_detached(
             CLOSE_JOB, payload, f"shadow:{shadow_id}:close", secret_card=card_number
         )
