@@ -93,6 +93,10 @@ class Plan(StrEnum):
     ENTERPRISE = "enterprise"
 
 
+ONSITE_REQUIRED = ("onsite_base_url", "onsite_username", "onsite_password", "onsite_app_id")
+VII_REQUIRED = ("vii_base_url", "vii_username", "vii_password", "vii_store_id")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -178,9 +182,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         problems: list[str] = []
         if not self.sandbox_enabled:
-            for name in ("admin_token", "card_hash_key", "pin_encryption_key"):
-                if getattr(self, name) is None:
-                    problems.append(f"{name.upper()}: required outside sandbox mode")
+            for name in self.missing("admin_token", "card_hash_key", "pin_encryption_key"):
+                problems.append(f"{name}: required outside sandbox mode")
             if self.shopify_shop_domain is None and self.shopify_base_url is None:
                 problems.append("SHOPIFY_SHOP_DOMAIN: required outside sandbox mode")
             if self.shopify_admin_token is None:
@@ -188,27 +191,19 @@ class Settings(BaseSettings):
             if self.shopify_api_secret is None:
                 problems.append("SHOPIFY_API_SECRET: required to verify webhooks")
             if self.pos_kind is PosKind.RETAIL:
-                for name in (
+                for name in self.missing(
                     "lightspeed_account_id",
                     "lightspeed_client_id",
                     "lightspeed_client_secret",
                     "lightspeed_refresh_token",
                 ):
-                    if getattr(self, name) is None:
-                        problems.append(f"{name.upper()}: required when POS_KIND=retail")
+                    problems.append(f"{name}: required when POS_KIND=retail")
             if self.pos_kind is PosKind.ONSITE:
-                for name in (
-                    "onsite_base_url",
-                    "onsite_username",
-                    "onsite_password",
-                    "onsite_app_id",
-                ):
-                    if getattr(self, name) is None:
-                        problems.append(f"{name.upper()}: required when POS_KIND=onsite")
+                for name in self.missing(*ONSITE_REQUIRED):
+                    problems.append(f"{name}: required when POS_KIND=onsite")
             if self.vii_base_url is not None:
-                for name in ("vii_username", "vii_password", "vii_store_id"):
-                    if getattr(self, name) is None:
-                        problems.append(f"{name.upper()}: required when VII_BASE_URL is set")
+                for name in self.missing(*VII_REQUIRED[1:]):
+                    problems.append(f"{name}: required when VII_BASE_URL is set")
         if self.pin_encryption_key is not None:
             try:
                 decode_key(self.pin_encryption_key.get_secret_value())
@@ -236,6 +231,10 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def missing(self, *names: str) -> list[str]:
+        """The setting names (as spelled in the environment) among `names` that are unset."""
+        return [name.upper() for name in names if getattr(self, name) is None]
 
     @cached_property
     def sandbox_enabled(self) -> bool:

@@ -38,7 +38,7 @@ from app.clients.errors import (
     UpstreamUnavailable,
 )
 from app.logging import get_logger, mask_text
-from app.settings import Settings
+from app.settings import ONSITE_REQUIRED, Settings
 
 log = get_logger(__name__)
 
@@ -502,11 +502,7 @@ class OnSiteClient:
     def from_settings(
         cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> OnSiteClient:
-        missing = [
-            name.upper()
-            for name in ("onsite_base_url", "onsite_username", "onsite_password", "onsite_app_id")
-            if getattr(settings, name) is None
-        ]
+        missing = settings.missing(*ONSITE_REQUIRED)
         if missing:
             raise ValueError(f"OnSite is not configured: {', '.join(missing)} missing")
         assert settings.onsite_base_url is not None

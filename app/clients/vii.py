@@ -33,7 +33,7 @@ from tenacity import (
 
 from app.clients.errors import UnknownOutcome, UpstreamRejected, UpstreamUnavailable
 from app.logging import get_logger, mask_text
-from app.settings import Settings
+from app.settings import VII_REQUIRED, Settings
 
 log = get_logger(__name__)
 
@@ -206,11 +206,7 @@ class ViiClient:
     def from_settings(
         cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> ViiClient:
-        missing = [
-            name.upper()
-            for name in ("vii_base_url", "vii_username", "vii_password", "vii_store_id")
-            if getattr(settings, name) is None
-        ]
+        missing = settings.missing(*VII_REQUIRED)
         if missing:
             raise ValueError(f"Vii is not configured: {', '.join(missing)} missing")
         assert settings.vii_base_url is not None
