@@ -8,8 +8,7 @@ operation name doubles as the key for learned query costs and for log lines.
 from __future__ import annotations
 
 # Shared selection of a card; every parser in shopify.py reads exactly these fields.
-GIFT_CARD_FIELDS = """
-fragment GiftCardFields on GiftCard {
+_GIFT_CARD_SELECTION = """
   id
   lastCharacters
   balance { amount currencyCode }
@@ -22,7 +21,9 @@ fragment GiftCardFields on GiftCard {
   note
   customer { id }
   order { id }
-}
+"""
+GIFT_CARD_FIELDS = f"""
+fragment GiftCardFields on GiftCard {{{_GIFT_CARD_SELECTION}}}
 """
 
 GIFT_CARD_CREATE = (
@@ -199,27 +200,14 @@ query OrderGet($id: ID!, $transactionsFirst: Int!, $lineItemsFirst: Int!) {
 """
 
 # The query Shopify runs in the background for a bulk export; sent as a string variable.
-BULK_GIFT_CARDS_QUERY = """
-query BulkGiftCards {
-  giftCards {
-    edges {
-      node {
-        id
-        lastCharacters
-        balance { amount currencyCode }
-        initialValue { amount currencyCode }
-        enabled
-        expiresOn
-        deactivatedAt
-        createdAt
-        updatedAt
-        note
-        customer { id }
-        order { id }
-      }
-    }
-  }
-}
+BULK_GIFT_CARDS_QUERY = f"""
+query BulkGiftCards {{
+  giftCards {{
+    edges {{
+      node {{{_GIFT_CARD_SELECTION}}}
+    }}
+  }}
+}}
 """
 
 BULK_OPERATION_RUN_QUERY = """
