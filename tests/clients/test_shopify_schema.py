@@ -14,7 +14,7 @@ import graphql
 import pytest
 
 import app.clients.shopify as shopify_module
-from app.clients.shopify_queries import ALL_OPERATIONS, MUTATIONS
+from app.clients.shopify_queries import ALL_OPERATIONS, BULK_GIFT_CARDS_QUERY, MUTATIONS
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_SCHEMA = REPO.parent / "shared" / "shopify" / "admin_schema_2025-01.json.gz"
@@ -46,6 +46,12 @@ def variable_errors(document: str, variables: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("name", sorted(ALL_OPERATIONS))
 def test_document_is_valid_against_the_admin_schema(name: str) -> None:
     errors = graphql.validate(load_schema(), graphql.parse(ALL_OPERATIONS[name]))
+    assert [error.message for error in errors] == []
+
+
+def test_bulk_export_query_is_valid_against_the_admin_schema() -> None:
+    """Sent as a string for Shopify to run, so it is checked here rather than as an operation."""
+    errors = graphql.validate(load_schema(), graphql.parse(BULK_GIFT_CARDS_QUERY))
     assert [error.message for error in errors] == []
 
 
