@@ -55,6 +55,8 @@ class GiftCard(Base):
     kind: Mapped[str] = mapped_column(String(16))
     currency: Mapped[str] = mapped_column(String(3))
     state: Mapped[str] = mapped_column(String(16), server_default="active")
+    customer_email: Mapped[str | None] = mapped_column(String(320), index=True)
+    """Lower-cased; lets store staff find the online card a shopper shows in store."""
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
@@ -74,6 +76,8 @@ class CardLink(Base):
     system: Mapped[str] = mapped_column(String(16))
     external_id: Mapped[str] = mapped_column(String(255))
     code_last4: Mapped[str | None] = mapped_column(String(4))
+    code_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    """Keyed hash of the card's code or serial in this system (`app.crypto.card_hash`)."""
     last_seen_balance_minor: Mapped[int | None] = mapped_column(BigInteger)
     last_seen_status: Mapped[str | None] = mapped_column(String(16))
     last_seen_at: Mapped[datetime | None]
@@ -269,6 +273,37 @@ class Finding(Base):
     evidence: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = _created()
     resolved_at: Mapped[datetime | None]
+
+
+class PosCardBalance(Base):
+    """A POS card's balance as giftsync projects it from what the POS reported (OnSite).
+
+    OnSite has no gift card resource: a card is a serial on invoice lines and payments, so its
+    balance is the sum of every invoice seen, each counted once (`pos_seen_moves`).
+    """
+
+    __tablename__ = "pos_card_balances"
+
+    system: Mapped[str] = mapped_column(String(16), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    serial_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    code_last4: Mapped[str] = mapped_column(String(4))
+    balance_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    status: Mapped[str] = mapped_column(String(16), server_default="enabled")
+    customer_id: Mapped[str | None] = mapped_column(String(255))
+    changed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class PosSeenMove(Base):
+    """One balance move read from a POS (an OnSite invoice line or payment), counted once."""
+
+    __tablename__ = "pos_seen_moves"
+
+    system: Mapped[str] = mapped_column(String(16), primary_key=True)
+    move_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    seen_at: Mapped[datetime] = _created()
 
 
 class PinFailure(Base):
