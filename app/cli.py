@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from app.logging import configure_logging
 from app.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from app.sync.operator import CardDetail
 
 cli = typer.Typer(
     help="giftsync: one gift card across Shopify, Lightspeed and Vii.", no_args_is_help=True
@@ -93,6 +97,106 @@ def sandbox() -> None:
 
     settings = _settings()
     asyncio.run(run_forever(settings))
+
+
+cards = typer.Typer(help="Look at gift cards as giftsync holds them.", no_args_is_help=True)
+cli.add_typer(cards, name="cards")
+
+
+@cards.command("show")
+def cards_show(
+    card_id: Annotated[str, typer.Argument(metavar="ID", help="The giftsync card id (a UUID).")],
+) -> None:
+    """One card: what each system last reported, the agreed base, and its ledger."""
+    import uuid
+
+    from app.db.engine import create_engine, resolve_database_url, session_factory
+    from app.sync.operator import card_detail
+
+    try:
+        wanted = uuid.UUID(card_id)
+    except ValueError:
+        console.print(f"[bold red]not a card id[/] {card_id!r}: expected a UUID", highlight=False)
+        raise typer.Exit(2) from None
+    settings = _settings()
+
+    async def main() -> CardDetail | None:
+        # Only the database is needed: no simulators, clients or worker.
+        url = await asyncio.to_thread(resolve_database_url, settings)
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await card_detail(session_factory(engine), wanted)
+        finally:
+            await engine.dispose()
+
+    card = asyncio.run(main())
+    if card is None:
+        console.print(f"[bold red]no card[/] {wanted}", highlight=False)
+        raise typer.Exit(1)
+    _print_card(card)
+
+
+def _print_card(card: CardDetail) -> None:
+    from rich.table import Table
+
+    from app.money import format_minor
+
+    def money(minor: int | None) -> str:
+        return "-" if minor is None else f"{format_minor(minor)} {card.currency}"
+
+    def when(moment: datetime | None) -> str:
+        return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+    out = Console()
+    summary = Table(title="card", show_header=False)
+    summary.add_column("field", style="bold")
+    summary.add_column("value", no_wrap=True)
+    summary.add_row("id", str(card.id))
+    summary.add_row("kind", card.kind)
+    summary.add_row("state", card.state)
+    summary.add_row("currency", card.currency)
+    if card.sync_base is not None:
+        summary.add_row(
+            "agreed balance", f"{money(card.sync_base.balance_minor)} (v{card.sync_base.version})"
+        )
+    else:
+        summary.add_row("agreed balance", "- (never agreed)")
+    if card.shadow is not None:
+        summary.add_row(
+            "vii shadow",
+            f"{card.shadow.state}, Vii ••••{card.shadow.vii_last4}, "
+            f"hold {money(card.shadow.hold_amount_minor)}, "
+            f"applied {money(card.shadow.applied_amount_minor)}, "
+            f"captured {money(card.shadow.captured_amount_minor)}",
+        )
+    out.print(summary)
+
+    links = Table(title="balance in each system (as last seen)")
+    for column in ("system", "external id", "last 4", "balance", "status", "seen at"):
+        links.add_column(column, justify="right" if column == "balance" else "left")
+    for link in card.links:
+        links.add_row(
+            link.system,
+            link.external_id,
+            link.code_last4 or "-",
+            money(link.last_seen_balance_minor),
+            link.last_seen_status or "-",
+            when(link.last_seen_at),
+        )
+    out.print(links)
+
+    ledger = Table(title=f"ledger (newest first, {len(card.ledger)} shown)")
+    for column in ("at", "system", "amount", "cause", "key"):
+        ledger.add_column(column, justify="right" if column == "amount" else "left")
+    for entry in card.ledger:
+        ledger.add_row(
+            when(entry.created_at),
+            entry.system,
+            money(entry.amount_minor),
+            entry.cause,
+            entry.idempotency_key,
+        )
+    out.print(ledger)
 
 
 def main() -> None:

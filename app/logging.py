@@ -17,7 +17,7 @@ import structlog
 # 12-19 digits, optionally grouped by spaces or dashes: the shape of a payment card number.
 _CARD_NUMBER = re.compile(r"(?<![\d.])(?:\d[ -]?){8,15}(\d{4})(?![\d.])")
 _SECRET_KEY = re.compile(
-    r"pin|password|passwd|secret|token|authorization|api[_-]?key|cookie|ciphertext|code$",
+    r"pin|password|passwd|secret|token|authorization|api[_-]?key|cookie|ciphertext|code$|^serial$",
     re.IGNORECASE,
 )
 _CARD_KEY = re.compile(r"card_?number|cardnumber|viicardnumber|pan$", re.IGNORECASE)
@@ -26,7 +26,7 @@ _INLINE_SECRET = re.compile(
     r"(?P<pre><(?:PIN|viiPassword)>)[^<]*(?P<post></(?:PIN|viiPassword)>)"
     r"|(?P<jpre>\"(?:viiCardPin|pin|password|refresh_token|access_token|client_secret)\"\s*:\s*\")"
     r"[^\"]*(?P<jpost>\")"
-    r"|(?P<qpre>\b(?:pin|password|refresh_token|access_token|client_secret)=)[^&\s]*",
+    r"|(?P<qpre>\b(?:pin|password|refresh_token|access_token|client_secret|serial|code)=)[^&\s]*",
     re.IGNORECASE,
 )
 REDACTED = "[redacted]"

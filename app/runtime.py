@@ -23,6 +23,7 @@ from app.logging import get_logger
 from app.sandbox.runner import Sandbox, point_settings_at, seed_all, start_sandbox
 from app.settings import Settings
 from app.sync.inbox import TopicHandler
+from app.sync.omni import OmniSync
 from app.sync.shadow_cards import ShadowCardService
 from app.worker import JobHandler, Periodic, Worker
 
@@ -61,6 +62,7 @@ class Runtime:
     worker: Worker | None = None
     topic_handlers: dict[str, TopicHandler] = field(default_factory=dict)
     shadow_cards: ShadowCardService | None = None
+    omni: OmniSync | None = None
     clients: Clients | None = None
     sandbox: Sandbox | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -93,6 +95,8 @@ def install_features(runtime: Runtime) -> None:
         )
 
     runtime.handlers[inbox.PROCESS_JOB] = process_webhook
+    # Each feature chains onto the topics it shares; installing again starts from scratch.
+    runtime.topic_handlers.clear()
     if runtime.shadow_cards is not None:
         from app.sync import shadow_cards
 
@@ -110,6 +114,10 @@ def install_features(runtime: Runtime) -> None:
         from app.sync.shadow_capture import install_capture
 
         install_capture(runtime)
+    if runtime.omni is not None:
+        from app.sync.omni_polling import install_omni
+
+        install_omni(runtime, runtime.omni)
 
 
 async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -141,6 +149,12 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     )
     if clients.vii is not None and clients.shopify is not None:
         runtime.shadow_cards = ShadowCardService(sessions, settings, clients.vii, clients.shopify)
+    if clients.shopify is not None:
+        from app.sync.pos_factory import build_pos
+
+        pos = build_pos(settings, clients, sessions)
+        if pos is not None:
+            runtime.omni = OmniSync(sessions, settings, clients.shopify, pos)
     install_features(runtime)
     log.info(
         "runtime_ready",

@@ -86,3 +86,13 @@ def test_short_numbers_and_money_are_not_masked(text: str, kept: str) -> None:
 def test_mask_value_by_key() -> None:
     assert mask_value("viiCardNumber", "6280001234567890") == "••••7890"
     assert mask_value("password", "hunter2") == "[redacted]"
+
+
+def test_pos_serials_in_query_strings_are_masked() -> None:
+    """POS serials are card numbers but not digit-only, so the card pattern misses them."""
+    from app.logging import mask_text
+
+    line = mask_text("GET /internal/cards?serial=gc20261123a1&last4=23a1 HTTP/1.1")
+
+    assert "gc20261123a1" not in line
+    assert "last4=23a1" in line

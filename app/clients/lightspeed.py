@@ -92,6 +92,15 @@ class LsGiftCardPayment:
     completed: bool
 
 
+@dataclass(frozen=True)
+class LsCustomer:
+    customer_id: str
+    email: str | None
+    """The primary contact email, else the first one; None when the customer has none."""
+    first_name: str | None
+    last_name: str | None
+
+
 # ---- the string-typed wire format ---------------------------------------------------------
 
 
@@ -180,6 +189,21 @@ def parse_payment(item: Mapping[str, Any], *, completed: bool | None = None) -> 
         remote_reference=_optional(item.get("remoteReference")),
         time_stamp=_time(item.get("timeStamp") or item.get("createTime")),
         completed=completed,
+    )
+
+
+def parse_customer(item: Mapping[str, Any]) -> LsCustomer:
+    contact = item.get("Contact")
+    emails = contact.get("Emails") if isinstance(contact, dict) else None
+    listed = as_list(emails.get("ContactEmail") if isinstance(emails, dict) else None)
+    # Primary first; any other use type (secondary, work...) only when there is no primary.
+    listed.sort(key=lambda entry: str(entry.get("useType", "")).strip().lower() != "primary")
+    addresses = [address for entry in listed if (address := _optional(entry.get("address")))]
+    return LsCustomer(
+        customer_id=str(item["customerID"]),
+        email=addresses[0] if addresses else None,
+        first_name=_optional(item.get("firstName")),
+        last_name=_optional(item.get("lastName")),
     )
 
 
@@ -422,6 +446,19 @@ class LightspeedClient:
     async def archive_gift_card(self, credit_account_id: str) -> None:
         # DELETE archives and is idempotent, so it may be retried like a read.
         await self._read("DELETE", f"CreditAccount/{credit_account_id}.json")
+
+    # ---- customers ----
+
+    async def get_customer(self, customer_id: str) -> LsCustomer | None:
+        # Contact (where the emails live) is a relation: without load_relations it is absent.
+        body = await self._read(
+            "GET",
+            f"Customer/{customer_id}.json",
+            params={"load_relations": json.dumps(["Contact"])},
+            not_found=True,
+        )
+        items = as_list(body.get("Customer")) if body else []
+        return parse_customer(items[0]) if items else None
 
     # ---- balance moves ----
 

@@ -189,6 +189,11 @@ class Job(Base):
             "run_at",
             postgresql_where=text("state IN ('queued', 'running')"),
         ),
+        Index(
+            "ix_jobs_unfinished_card_id",
+            text("(payload->>'card_id')"),
+            postgresql_where=text("state <> 'done'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)

@@ -56,20 +56,38 @@ async def open_finding(
     subject: str,
     card_id: uuid.UUID | str | None,
     evidence: dict[str, Any],
-) -> None:
-    """Record something to repair by hand; an open finding on the same subject is kept."""
-    await session.execute(
+    run_id: uuid.UUID | str | None = None,
+) -> bool:
+    """Record something to repair by hand; True when a new finding was opened.
+
+    Without `run_id` an open finding on the same subject is kept as it was. With `run_id` (a
+    reconcile or backfill saw it) the open finding is refreshed instead: this run becomes its
+    `last_run_id` (and its `first_run_id` if it had none) and its evidence is replaced, so a
+    later run can tell what it still sees from what it no longer sees.
+    """
+    if run_id is None:
+        on_conflict = "DO NOTHING"
+    else:
+        on_conflict = """DO UPDATE SET
+                last_run_id = EXCLUDED.last_run_id,
+                first_run_id = COALESCE(findings.first_run_id, EXCLUDED.first_run_id),
+                card_id = COALESCE(EXCLUDED.card_id, findings.card_id),
+                evidence = EXCLUDED.evidence"""
+    inserted = await session.scalar(
         text(
-            """
-            INSERT INTO findings (type, subject, card_id, evidence)
-            VALUES (:type, :subject, :card, CAST(:evidence AS jsonb))
-            ON CONFLICT (type, subject) WHERE resolved_at IS NULL DO NOTHING
-            """
+            f"""
+            INSERT INTO findings (type, subject, card_id, evidence, first_run_id, last_run_id)
+            VALUES (:type, :subject, :card, CAST(:evidence AS jsonb), :run, :run)
+            ON CONFLICT (type, subject) WHERE resolved_at IS NULL {on_conflict}
+            RETURNING xmax = 0
+            """  # noqa: S608 -- the only interpolation is one of two fixed clauses above
         ),
         {
             "type": finding_type,
             "subject": subject,
             "card": card_id,
             "evidence": json.dumps(evidence),
+            "run": run_id,
         },
     )
+    return bool(inserted)

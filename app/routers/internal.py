@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, StrictBool
 
 from app.crypto import constant_time_equal
 from app.money import format_minor
 from app.problems import Problem, problem_schema
-from app.sync import operator
-from app.sync.operator import CardDetail, JobState, JobSummary
+from app.sync import operator, runs
+from app.sync.operator import CardDetail, CardMatch, JobState, JobSummary
+from app.sync.runs import BackfillRequest, RunView
 
 # auto_error=False: a missing header must become our 401 problem, not FastAPI's own answer.
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $ADMIN_TOKEN`")
@@ -62,6 +63,17 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _money(minor: int | None) -> str | None:
     return None if minor is None else format_minor(minor)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _wake_worker(request: Request) -> None:
+    worker = request.app.state.runtime.worker
+    if worker is not None:
+        worker.wake()
 
 
 class JobAnswer(BaseModel):
@@ -189,6 +201,120 @@ class CardAnswer(BaseModel):
         )
 
 
+class ReconcileBody(BaseModel):
+    dryRun: StrictBool
+    cardIds: list[uuid.UUID] | None = Field(
+        default=None, min_length=1, max_length=runs.RECONCILE_CARD_IDS_LIMIT
+    )
+
+
+class BackfillBody(BaseModel):
+    direction: BackfillRequest
+
+
+class RunStarted(BaseModel):
+    runId: uuid.UUID
+
+
+class FindingAnswer(BaseModel):
+    id: int
+    type: str
+    subject: str
+    cardId: uuid.UUID | None
+    evidence: dict[str, Any]
+    createdAt: str | None
+    resolvedAt: str | None
+
+
+class RunAnswer(BaseModel):
+    runId: uuid.UUID
+    kind: str
+    status: str
+    counts: dict[str, int]
+    progress: dict[str, Any]
+    params: dict[str, Any]
+    error: str | None
+    jobId: int | None
+    createdAt: str | None
+    startedAt: str | None
+    finishedAt: str | None
+    findings: list[FindingAnswer]
+
+    @classmethod
+    def of(cls, run: RunView) -> RunAnswer:
+        return cls(
+            runId=run.id,
+            kind=run.kind,
+            status=run.status,
+            counts=run.counts,
+            progress=run.progress,
+            # Stored for the algorithms in snake_case; shown as the request spelled them.
+            params={_camel(name): value for name, value in run.params.items()},
+            error=run.error,
+            jobId=run.job_id,
+            createdAt=_iso(run.created_at),
+            startedAt=_iso(run.started_at),
+            finishedAt=_iso(run.finished_at),
+            findings=[
+                FindingAnswer(
+                    id=finding.id,
+                    type=finding.type,
+                    subject=finding.subject,
+                    cardId=finding.card_id,
+                    evidence=finding.evidence,
+                    createdAt=_iso(finding.created_at),
+                    resolvedAt=_iso(finding.resolved_at),
+                )
+                for finding in run.findings
+            ],
+        )
+
+
+class MatchLinkAnswer(BaseModel):
+    system: str
+    externalId: str
+    last4: str | None
+    lastSeenBalance: str | None
+    lastSeenStatus: str | None
+    lastSeenAt: str | None
+
+
+class CardMatchAnswer(BaseModel):
+    cardId: uuid.UUID
+    kind: str
+    state: str
+    currency: str
+    customerEmail: str | None
+    balance: str | None
+    links: list[MatchLinkAnswer]
+
+    @classmethod
+    def of(cls, card: CardMatch) -> CardMatchAnswer:
+        return cls(
+            cardId=card.id,
+            kind=card.kind,
+            state=card.state,
+            currency=card.currency,
+            customerEmail=card.customer_email,
+            balance=_money(card.base_balance_minor),
+            links=[
+                MatchLinkAnswer(
+                    system=link.system,
+                    externalId=link.external_id,
+                    last4=link.code_last4,
+                    lastSeenBalance=_money(link.last_seen_balance_minor),
+                    lastSeenStatus=link.last_seen_status,
+                    lastSeenAt=_iso(link.last_seen_at),
+                )
+                for link in card.links
+            ],
+        )
+
+
+class CardLookupAnswer(BaseModel):
+    cards: list[CardMatchAnswer]
+
+
 @router.get("/jobs", response_model=JobListAnswer, responses={422: _INVALID})
 async def list_jobs(request: Request, state: JobState = "dead") -> JobListAnswer:
     jobs = await operator.list_jobs(request.app.state.runtime.sessions, state)
@@ -208,18 +334,115 @@ async def list_jobs(request: Request, state: JobState = "dead") -> JobListAnswer
 async def retry_job(
     request: Request, job_id: Annotated[int, Path(ge=1, le=_MAX_JOB_ID)]
 ) -> RetryAnswer:
-    runtime = request.app.state.runtime
     try:
-        await operator.retry_job(runtime.sessions, job_id)
+        await operator.retry_job(request.app.state.runtime.sessions, job_id)
     except operator.JobNotFound:
         raise Problem(404, "not_found", f"No job {job_id}.") from None
     except operator.JobNotDead as error:
         raise Problem(
             409, "not_dead", f"Job {job_id} is {error.state}; only dead jobs can be retried."
         ) from None
-    if runtime.worker is not None:
-        runtime.worker.wake()
+    _wake_worker(request)
     return RetryAnswer(id=job_id, state="queued")
+
+
+@router.post(
+    "/reconcile",
+    status_code=202,
+    response_model=RunStarted,
+    responses={
+        422: problem_schema(
+            "`invalid_request`: bad body; `unknown_cards`: some `cardIds` are not giftsync cards."
+        )
+    },
+)
+async def start_reconcile(request: Request, body: ReconcileBody) -> RunStarted:
+    try:
+        run_id = await runs.start_reconcile(
+            request.app.state.runtime.sessions, dry_run=body.dryRun, card_ids=body.cardIds
+        )
+    except runs.UnknownCards as error:
+        raise Problem(
+            422, "unknown_cards", f"No such cards: {', '.join(map(str, error.card_ids[:20]))}."
+        ) from None
+    _wake_worker(request)
+    return RunStarted(runId=run_id)
+
+
+@router.post(
+    "/backfill",
+    status_code=202,
+    response_model=RunStarted,
+    responses={
+        409: problem_schema(
+            "`no_pos`: POS_KIND is none; `direction_disabled`: the direction's setting is off."
+        ),
+        422: _INVALID,
+    },
+)
+async def start_backfill(request: Request, body: BackfillBody) -> RunStarted:
+    runtime = request.app.state.runtime
+    try:
+        run_id = await runs.start_backfill(runtime.sessions, runtime.settings, body.direction)
+    except runs.NoPos:
+        raise Problem(409, "no_pos", "Backfill needs a POS and POS_KIND is none.") from None
+    except runs.DirectionDisabled as error:
+        settings = {
+            "to_pos": "DOWNLOAD_SHOPIFY_GIFT_CARDS",
+            "to_shopify": "CREATE_UPDATE_SHOPIFY_GIFT_CARDS",
+        }
+        off = " and ".join(f"{d} ({settings[d]})" for d in error.directions)
+        raise Problem(409, "direction_disabled", f"Switched off: {off}.") from None
+    _wake_worker(request)
+    return RunStarted(runId=run_id)
+
+
+@router.get(
+    "/runs/{run_id}",
+    response_model=RunAnswer,
+    responses={404: problem_schema("`not_found`: no such run."), 422: _INVALID},
+)
+async def run_detail(request: Request, run_id: uuid.UUID) -> RunAnswer:
+    run = await runs.get_run(request.app.state.runtime.sessions, run_id)
+    if run is None:
+        raise Problem(404, "not_found", f"No run {run_id}.")
+    return RunAnswer.of(run)
+
+
+@router.get(
+    "/cards",
+    response_model=CardLookupAnswer,
+    responses={
+        422: problem_schema("`invalid_request`: a bad filter, or none of last4, email, serial."),
+        503: problem_schema("`serial_lookup_unavailable`: CARD_HASH_KEY is not set."),
+    },
+)
+async def find_cards(
+    request: Request,
+    last4: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9]{4}$")] = None,
+    email: Annotated[
+        str | None, Query(min_length=3, max_length=320, pattern=r"^\s*[^@\s]+@[^@\s]+\s*$")
+    ] = None,
+    serial: Annotated[str | None, Query(min_length=1, max_length=255, pattern=r"\S")] = None,
+) -> CardLookupAnswer:
+    """Store staff lookup: cards matching every filter given, newest first, at most 50."""
+    if last4 is None and email is None and serial is None:
+        raise Problem(422, "invalid_request", "Give at least one of last4, email, serial.")
+    runtime = request.app.state.runtime
+    key = runtime.settings.card_hash_key
+    try:
+        cards = await operator.find_cards(
+            runtime.sessions,
+            hash_key=None if key is None else key.get_secret_value(),
+            last4=last4,
+            email=email,
+            serial=serial,
+        )
+    except operator.SerialLookupUnavailable:
+        raise Problem(
+            503, "serial_lookup_unavailable", "Serial lookup needs CARD_HASH_KEY."
+        ) from None
+    return CardLookupAnswer(cards=[CardMatchAnswer.of(card) for card in cards])
 
 
 @router.get(

@@ -1,4 +1,4 @@
-"""Operator queries behind `/internal/*`: dead jobs, retries and one card seen from every system.
+"""Operator queries behind `/internal/*`: dead jobs, retries, card lookup and one card in detail.
 
 Views are built column by column rather than from ORM rows, so a secret column (sealed PIN,
 sealed card number, sealed Shopify code, job payload) can never reach an answer by accident.
@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 
+from app.crypto import card_hash
 from app.db.engine import SessionFactory, transaction
 from app.db.jobs import retry_dead
 from app.db.models import CardLink, GiftCard, Job, LedgerEntry, ShadowCard, SyncBase
@@ -20,10 +21,15 @@ from app.db.models import CardLink, GiftCard, Job, LedgerEntry, ShadowCard, Sync
 JobState = Literal["dead", "queued", "running", "done"]
 JOB_LIST_LIMIT = 100
 LEDGER_LIMIT = 200
+CARD_LOOKUP_LIMIT = 50
 
 
 class JobNotFound(Exception):
     """No job has this id."""
+
+
+class SerialLookupUnavailable(Exception):
+    """A serial can only be matched through its keyed hash, and CARD_HASH_KEY is not set."""
 
 
 class JobNotDead(Exception):
@@ -56,6 +62,7 @@ class LinkView:
     code_last4: str | None
     last_seen_balance_minor: int | None
     last_seen_at: datetime | None
+    last_seen_status: str | None
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,7 @@ async def card_detail(sessions: SessionFactory, card_id: uuid.UUID) -> CardDetai
                 CardLink.code_last4,
                 CardLink.last_seen_balance_minor,
                 CardLink.last_seen_at,
+                CardLink.last_seen_status,
             )
             .where(CardLink.card_id == card_id)
             .order_by(CardLink.system)
@@ -198,3 +206,123 @@ async def card_detail(sessions: SessionFactory, card_id: uuid.UUID) -> CardDetai
             ledger=[LedgerView(*row) for row in ledger.all()],
             shadow=ShadowView(*shadow) if shadow is not None else None,
         )
+
+
+@dataclass(frozen=True)
+class MatchLink:
+    system: str
+    external_id: str
+    code_last4: str | None
+    last_seen_balance_minor: int | None
+    last_seen_status: str | None
+    last_seen_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CardMatch:
+    id: uuid.UUID
+    kind: str
+    state: str
+    currency: str
+    customer_email: str | None
+    base_balance_minor: int | None
+    """The last balance every system agreed on (`sync_base`); None before the first agreement."""
+    links: list[MatchLink]
+
+
+def serial_hash(hash_key: str, serial: str) -> str:
+    """The `card_links.code_hash` of a serial or code as omni sync stores it (`OmniSync.code_hash`).
+
+    Shopify codes are case-insensitive, so codes are hashed trimmed and lower-cased.
+    """
+    return card_hash(hash_key, serial.strip().lower())
+
+
+async def find_cards(
+    sessions: SessionFactory,
+    *,
+    hash_key: str | None,
+    last4: str | None = None,
+    email: str | None = None,
+    serial: str | None = None,
+    limit: int = CARD_LOOKUP_LIMIT,
+) -> list[CardMatch]:
+    """Cards matching every filter given, newest first; the store staff lookup.
+
+    `serial` is matched only through its keyed hash (serials are card numbers and never stored
+    in plain text), on any link or on a shadow card's Vii number; `last4` on any link's last 4
+    characters, ignoring case; `email` on the card's (lower-cased) customer email.
+    """
+    if last4 is None and email is None and serial is None:
+        raise ValueError("at least one of last4, email, serial is required")
+    query = (
+        select(
+            GiftCard.id,
+            GiftCard.kind,
+            GiftCard.state,
+            GiftCard.currency,
+            GiftCard.customer_email,
+            SyncBase.balance_minor,
+        )
+        .outerjoin(SyncBase, SyncBase.card_id == GiftCard.id)
+        .order_by(GiftCard.created_at.desc(), GiftCard.id)
+        .limit(limit)
+    )
+    if email is not None:
+        query = query.where(GiftCard.customer_email == email.strip().lower())
+    if last4 is not None:
+        query = query.where(
+            exists().where(
+                CardLink.card_id == GiftCard.id,
+                func.lower(CardLink.code_last4) == last4.strip().lower(),
+            )
+        )
+    if serial is not None:
+        if hash_key is None:
+            raise SerialLookupUnavailable("CARD_HASH_KEY is not set")
+        hashed = serial_hash(hash_key, serial)
+        query = query.where(
+            exists().where(CardLink.card_id == GiftCard.id, CardLink.code_hash == hashed)
+            | exists().where(ShadowCard.card_id == GiftCard.id, ShadowCard.vii_card_hash == hashed)
+        )
+    async with transaction(sessions) as session:
+        cards = (await session.execute(query)).all()
+        if not cards:
+            return []
+        links = await session.execute(
+            select(
+                CardLink.card_id,
+                CardLink.system,
+                CardLink.external_id,
+                CardLink.code_last4,
+                CardLink.last_seen_balance_minor,
+                CardLink.last_seen_status,
+                CardLink.last_seen_at,
+            )
+            .where(CardLink.card_id.in_([card.id for card in cards]))
+            .order_by(CardLink.card_id, CardLink.system)
+        )
+        by_card: dict[uuid.UUID, list[MatchLink]] = {}
+        for row in links.all():
+            by_card.setdefault(row.card_id, []).append(
+                MatchLink(
+                    system=row.system,
+                    external_id=row.external_id,
+                    code_last4=row.code_last4,
+                    last_seen_balance_minor=row.last_seen_balance_minor,
+                    last_seen_status=row.last_seen_status,
+                    last_seen_at=row.last_seen_at,
+                )
+            )
+    return [
+        CardMatch(
+            id=card.id,
+            kind=card.kind,
+            state=card.state,
+            currency=card.currency,
+            customer_email=card.customer_email,
+            base_balance_minor=card.balance_minor,
+            links=by_card.get(card.id, []),
+        )
+        for card in cards
+    ]

@@ -52,6 +52,8 @@ class PosGiftCards(Protocol):
     """One adapter per POS kind; every write is idempotent by its `reference`."""
 
     system: PosSystem
+    live_reads: bool
+    """False when `get_card` answers from giftsync's projection, fresh only after a poll."""
 
     def changes_since(self, since: datetime | None) -> AsyncIterator[PosChange]:
         """Cards changed at or after `since` (inclusive: callers overlap cursors), oldest first."""

@@ -597,7 +597,7 @@ class ShadowCaptureService:
 
 
 @dataclass(frozen=True)
-class _Chained:
+class ChainedTopicHandler:
     """Runs the topic's earlier handler (another feature may own the topic too), then ours."""
 
     previous: TopicHandler | None
@@ -634,6 +634,6 @@ def install_capture(runtime: Runtime) -> ShadowCaptureService | None:
     }
     for topic, handler in topics.items():
         existing = runtime.topic_handlers.get(topic)
-        previous = existing.previous if isinstance(existing, _Chained) else existing
-        runtime.topic_handlers[topic] = _Chained(previous, handler)
+        previous = existing.previous if isinstance(existing, ChainedTopicHandler) else existing
+        runtime.topic_handlers[topic] = ChainedTopicHandler(previous, handler)
     return service

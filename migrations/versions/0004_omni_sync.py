@@ -19,6 +19,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # A card's merge waits while any of its moves is unfinished; this finds them per card.
+    op.create_index(
+        "ix_jobs_unfinished_card_id",
+        "jobs",
+        [sa.text("(payload->>'card_id')")],
+        postgresql_where=sa.text("state <> 'done'"),
+    )
     op.add_column("gift_cards", sa.Column("customer_email", sa.String(320), nullable=True))
     op.create_index(op.f("ix_gift_cards_customer_email"), "gift_cards", ["customer_email"])
     op.add_column("card_links", sa.Column("code_hash", sa.String(64), nullable=True))
@@ -51,6 +58,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_unfinished_card_id", table_name="jobs")
     op.drop_table("pos_seen_moves")
     op.drop_table("pos_card_balances")
     op.drop_index(op.f("ix_card_links_code_hash"), table_name="card_links")
