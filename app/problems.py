@@ -113,6 +113,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's answer to a body it could not decode (bad UTF-8, nesting too deep):
+            # the same bad request as malformed JSON, which it reports as a validation error.
+            return problem_response(
+                Problem(422, "invalid_request", "body: not valid JSON (could not be decoded)")
+            )
         code = _STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return problem_response(

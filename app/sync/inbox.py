@@ -8,6 +8,7 @@ is acknowledged and not processed again. Storing and enqueueing happen in one tr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +36,63 @@ class Delivery:
     triggered_at: datetime | None
 
 
+# What PostgreSQL's jsonb cannot hold: NUL (`\u0000`, with an odd number of backslashes before
+# it, so an escaped backslash followed by "u0000" is not mistaken for one) and lone surrogates.
+_UNSTORABLE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000|[\ud800-\udfff]")
+_UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _UNSTORABLE_CHARS.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_scrub(key): _scrub(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_scrub(item) for item in value]
+    return value
+
+
+def storable_json(payload: dict[str, Any]) -> str:
+    """The payload as JSON text jsonb accepts.
+
+    A signed delivery is Shopify's own, so one carrying a NUL or a lone surrogate in some text
+    field is stored with U+FFFD in its place rather than refused: refusing it would lose the
+    event after Shopify's retries, while ids and amounts, which the handlers use, are untouched.
+    """
+    encoded = json.dumps(payload, ensure_ascii=False)
+    # Substring and character-class scans first: the exact pattern is slow on every body.
+    if "\\u0000" not in encoded and _SURROGATE.search(encoded) is None:
+        return encoded
+    if _UNSTORABLE.search(encoded) is None:
+        return encoded
+    log.warning("webhook_payload_scrubbed")
+    return json.dumps(_scrub(payload), ensure_ascii=False)
+
+
+# One statement stores the delivery and queues its processing job, so acknowledging costs one
+# round trip inside its transaction; the job row matches what `jobs.enqueue` writes.
+_STORE = text(
+    """
+    WITH delivery AS (
+        INSERT INTO webhook_inbox (webhook_id, event_id, topic, shop_domain, triggered_at, payload)
+        VALUES (:webhook_id, :event_id, :topic, :shop, :triggered_at, CAST(:payload AS jsonb))
+        ON CONFLICT DO NOTHING
+        RETURNING id
+    ), job AS (
+        INSERT INTO jobs (kind, payload, idempotency_key, run_at, max_attempts)
+        SELECT :kind, jsonb_build_object('delivery_id', id), 'webhook:' || id, now(),
+               :max_attempts
+        FROM delivery
+        ON CONFLICT (idempotency_key) DO NOTHING
+        RETURNING kind
+    )
+    SELECT delivery.id, (SELECT count(pg_notify('giftsync_jobs', kind)) FROM job)
+    FROM delivery
+    """
+)
+
+
 async def store_delivery(
     sessions: SessionFactory,
     *,
@@ -47,32 +105,34 @@ async def store_delivery(
 ) -> bool:
     """True when this delivery is new and was queued for processing."""
     async with transaction(sessions) as session:
-        delivery_id: int | None = await session.scalar(
-            text(
-                """
-                INSERT INTO webhook_inbox
-                    (webhook_id, event_id, topic, shop_domain, triggered_at, payload)
-                VALUES (:webhook_id, :event_id, :topic, :shop, :triggered_at,
-                        CAST(:payload AS jsonb))
-                ON CONFLICT DO NOTHING
-                RETURNING id
-                """
-            ),
-            {
-                "webhook_id": webhook_id,
-                "event_id": event_id,
-                "topic": topic,
-                "shop": shop_domain,
-                "triggered_at": triggered_at,
-                "payload": json.dumps(payload),
-            },
-        )
-        if delivery_id is None:
-            return False
-        await jobs.enqueue(
-            session, PROCESS_JOB, {"delivery_id": delivery_id}, f"webhook:{delivery_id}"
-        )
-        return True
+        stored = (
+            await session.execute(
+                _STORE,
+                {
+                    "webhook_id": webhook_id,
+                    "event_id": event_id,
+                    "topic": topic,
+                    "shop": shop_domain,
+                    "triggered_at": triggered_at,
+                    "payload": storable_json(payload),
+                    "kind": PROCESS_JOB,
+                    "max_attempts": jobs.DEFAULT_MAX_ATTEMPTS,
+                },
+            )
+        ).first()
+    return stored is not None
+
+
+_LOAD = text(
+    """
+    SELECT id, webhook_id, event_id, topic, shop_domain, triggered_at, payload, processed_at
+    FROM webhook_inbox WHERE id = :id
+    """
+)
+# The first run to finish keeps its time: a lease-expired re-run changes nothing.
+_MARK_PROCESSED = text(
+    "UPDATE webhook_inbox SET processed_at = now() WHERE id = :id AND processed_at IS NULL"
+)
 
 
 async def process_delivery(
@@ -80,18 +140,7 @@ async def process_delivery(
 ) -> None:
     """Run the topic's handler (idempotent by design) and mark the delivery processed."""
     async with sessions() as session:
-        row = (
-            await session.execute(
-                text(
-                    """
-                    SELECT id, webhook_id, event_id, topic, shop_domain, triggered_at, payload,
-                           processed_at
-                    FROM webhook_inbox WHERE id = :id
-                    """
-                ),
-                {"id": delivery_id},
-            )
-        ).one_or_none()
+        row = (await session.execute(_LOAD, {"id": delivery_id})).one_or_none()
     if row is None or row.processed_at is not None:
         return
     delivery = Delivery(
@@ -103,7 +152,4 @@ async def process_delivery(
     else:
         log.info("webhook_topic_stored_only", topic=delivery.topic)
     async with transaction(sessions) as session:
-        await session.execute(
-            text("UPDATE webhook_inbox SET processed_at = now() WHERE id = :id"),
-            {"id": delivery_id},
-        )
+        await session.execute(_MARK_PROCESSED, {"id": delivery_id})
