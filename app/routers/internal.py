@@ -421,9 +421,21 @@ async def find_cards(
     request: Request,
     last4: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9]{4}$")] = None,
     email: Annotated[
-        str | None, Query(min_length=3, max_length=320, pattern=r"^\s*[^@\s]+@[^@\s]+\s*$")
+        str | None,
+        Query(
+            min_length=3,
+            max_length=320,
+            pattern=r"^\s*[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\s*$",
+        ),
     ] = None,
-    serial: Annotated[str | None, Query(min_length=1, max_length=255, pattern=r"\S")] = None,
+    serial: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+        ),
+    ] = None,
 ) -> CardLookupAnswer:
     """Store staff lookup: cards matching every filter given, newest first, at most 50."""
     if last4 is None and email is None and serial is None:

@@ -313,3 +313,18 @@ async def test_serial_lookup_without_a_hash_key_is_503(
     assert response.json()["code"] == "serial_lookup_unavailable"
     # The other filters need no key.
     assert len(await _find(api, last4="cd34")) == 1
+
+
+@pytest.mark.parametrize(
+    "query", ["email=a%00b@example.com", "serial=gc%00123456", "email=a@b%01c"]
+)
+async def test_control_characters_in_a_filter_are_422_not_500(
+    client: httpx.AsyncClient, query: str
+) -> None:
+    response = await client.get(
+        f"/internal/cards?{query}",
+        headers={"Authorization": "Bearer test-admin-token-0123456789"},
+    )
+
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
