@@ -15,7 +15,7 @@ Status rule:
   system holds more than the base, i.e. money was loaded after the last agreement. Deactivating
   would void value the shopper just paid for, and Shopify deactivation cannot be undone, so the
   plan does nothing and reports it for staff.
-- All systems disabled: nothing to move or deactivate.
+- All systems disabled: nothing to move or deactivate, and the base stays where it was.
 
 Currencies that differ between systems make every amount meaningless: no moves, a
 `currency_mismatch` finding.
@@ -143,6 +143,20 @@ def plan_merge(
 
     disabled = tuple(state.system for state in states if state.status == "disabled")
     enabled = [state for state in states if state.status == "enabled"]
+    if not enabled:
+        # The card is over everywhere; what each system still shows (Shopify keeps a balance
+        # after deactivation, OnSite spends it down) is no longer money to agree on, and
+        # moving the base would flip it back and forth on every merge.
+        return MergePlan(
+            card_id=card_id,
+            base_minor=base_minor,
+            base_version=base_version,
+            target_minor=base_minor,
+            moves=(),
+            deactivate=(),
+            findings=(),
+            new_base_version=base_version,
+        )
     if disabled:
         reloaded = [state for state in enabled if state.balance_minor > base_minor]
         if reloaded:

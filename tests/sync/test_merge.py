@@ -323,3 +323,16 @@ def test_property_any_disabled_system_never_yields_moves(
         assert plan.deactivate == ()
     else:
         assert plan.deactivate == enabled
+
+
+def test_a_card_disabled_everywhere_keeps_its_base_whatever_the_balances_show() -> None:
+    """Shopify keeps 50 after deactivation, OnSite spent its copy down to 0: merging again
+    and again must not flip the base between them."""
+    states = [state("shopify", 5000, "disabled"), state("onsite", 0, "disabled")]
+
+    first = plan_merge("card-1", 5000, 3, states)
+    second = plan_merge("card-1", first.target_minor, first.new_base_version, states)
+
+    assert (first.target_minor, first.new_base_version) == (5000, 3)
+    assert (second.target_minor, second.new_base_version) == (5000, 3)
+    assert in_sync(first) and in_sync(second)
