@@ -68,7 +68,7 @@ class CheckBalanceAnswer(BaseModel):
 class ReleaseBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    checkoutToken: str = Field(min_length=1, max_length=255)
+    checkoutToken: str = Field(pattern=r"^[A-Za-z0-9._:~-]{1,255}$")
     shopifyGiftCardCode: str = Field(min_length=8, max_length=20, pattern=r"^[A-Za-z0-9]+$")
 
 
