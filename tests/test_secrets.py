@@ -37,7 +37,6 @@ from app.clients.errors import UpstreamError
 from app.crypto import SecretBox
 from app.logging import configure_logging
 from app.runtime import Runtime
-from app.sync.omni import serial_for_shopify_card
 from tests.conftest import PIN_KEY_HEX
 from tests.faults.rig import (
     HTML_ERROR_PAGE,
@@ -229,7 +228,7 @@ async def omni_flows(omni: OmniRig, web: ShadowRig) -> list[str]:
     assert (await web.webhook("orders/paid", bought["webhooks"]["orders/paid"])).status_code == 200
     await omni.run_jobs()
     online = bought["purchased_gift_cards"][0]
-    online_serial = serial_for_shopify_card("7000", online["id"])
+    online_serial = flow.omni.pos_serial_for(online["id"])
     assert await flow.pos.find_by_serial(online_serial) is not None
     return [SERIAL, online["code"], online_serial]
 

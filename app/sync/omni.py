@@ -19,6 +19,8 @@ Invariants that keep money right:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import uuid
 from collections.abc import Sequence
@@ -157,16 +159,19 @@ def pos_state(card: PosCard, system: str, currency: str) -> SystemState:
     )
 
 
-def serial_for_shopify_card(prefix: str, shopify_card_id: str) -> str:
-    """The POS serial of a card sold online: the prefix, then the Shopify id's digits.
+def serial_for_shopify_card(prefix: str, shopify_card_id: str, *, key: str) -> str:
+    """The POS serial of a card sold online: the prefix, then 16 digits keyed on the card.
 
-    Deterministic, so a create retried after a crash asks for the same serial and finds the
-    card it made; unique because Shopify ids are; padded so the serial has at least 8 digits.
+    The serial spends the card in store, and Shopify card ids are not secret (order receipts
+    carry them), so the digits are an HMAC of the id under CARD_HASH_KEY: unguessable, yet
+    deterministic, so a create retried after a crash asks for the same serial and finds the
+    card it made. 10^16 values keep two cards' serials apart.
     """
-    digits = "".join(ch for ch in shopify_card_id.rsplit("/", 1)[-1] if ch.isdigit())
-    if not digits:
-        raise ValueError("a Shopify gift card id carries digits")
-    return prefix + digits.rjust(max(8 - len(prefix), 4), "0")
+    legacy_id = shopify_card_id.rsplit("/", 1)[-1]
+    if not legacy_id:
+        raise ValueError("an empty Shopify gift card id")
+    digest = hmac.new(key.encode(), f"pos-serial:{legacy_id}".encode(), hashlib.sha256).digest()
+    return prefix + str(int.from_bytes(digest[:8], "big") % 10**16).rjust(16, "0")
 
 
 def _link_note(system: str, external_id: str) -> str:
@@ -199,6 +204,11 @@ class OmniSync:
     @property
     def to_pos(self) -> bool:
         return self.settings.download_shopify_gift_cards
+
+    def pos_serial_for(self, shopify_card_id: str) -> str:
+        return serial_for_shopify_card(
+            self.settings.shopify_serial_prefix, shopify_card_id, key=self._hash_key
+        )
 
     def code_hash(self, code: str) -> str:
         return card_hash(self._hash_key, code.strip().lower())
@@ -348,7 +358,7 @@ class OmniSync:
                 return LinkOutcome("already_linked", card_id=existing)
             if order is None and card.order_id is not None:
                 order = await self.shopify.get_order(card.order_id)
-            serial = serial_for_shopify_card(self.settings.shopify_serial_prefix, card.id)
+            serial = self.pos_serial_for(card.id)
             note = f"Shopify gift card {card.last_characters}"
             if order is not None:
                 note += f", order {order.name}"

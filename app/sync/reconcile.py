@@ -76,7 +76,6 @@ from app.sync.omni import (
     SHOPIFY,
     OmniSync,
     pos_state,
-    serial_for_shopify_card,
     shopify_state,
 )
 from app.sync.pos import PosCard
@@ -530,7 +529,7 @@ class _Execution:
         elif self.omni is not None and NOTE_MARKER not in note:
             # A merchant's card giftsync may have exported: its POS twin has a derived serial.
             with contextlib.suppress(ValueError):
-                serial = serial_for_shopify_card(self.r.settings.shopify_serial_prefix, card.id)
+                serial = self.omni.pos_serial_for(card.id)
                 serial_hash = self.omni.code_hash(serial)
         return (
             card.id,

@@ -162,8 +162,12 @@ async def test_card_bought_online_appears_on_the_pos_with_a_prefixed_serial(
     bought = order["purchased_gift_cards"][0]
     card_id = await flow.omni.linked_card(SHOPIFY, bought["id"])
     assert card_id is not None
-    serial = serial_for_shopify_card("7000", bought["id"])
-    assert serial.startswith("7000") and len(serial) >= 8 and serial.isdigit()
+    serial = flow.omni.pos_serial_for(bought["id"])
+    assert serial.startswith("7000") and len(serial) == 20 and serial.isdigit()
+    # Derived under CARD_HASH_KEY: the Shopify id alone (it is in order receipts) does not
+    # give away the serial that spends the card in store.
+    assert serial != serial_for_shopify_card("7000", bought["id"], key="another-key")
+    assert bought["id"].rsplit("/", 1)[-1] not in serial[4:]
     pos_card = await flow.pos.find_by_serial(serial)
     assert pos_card is not None and pos_card.balance_minor == 2500
     if flow.ls_sim is not None:
