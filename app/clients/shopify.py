@@ -601,7 +601,11 @@ class ShopifyClient:
         for attempt in range(2):
             try:
                 data = await self._mutate("GiftCardCreate", {"input": card_input})
-            except _AnswerLost as exc:
+                payload = data["giftCardCreate"]
+                user_errors = payload["userErrors"]
+            except (_AnswerLost, KeyError, TypeError) as exc:
+                # An answer that never came and one that cannot be read (a null payload, a
+                # missing field) tell the same: the card may exist. Never report "not created".
                 self._log.warning(
                     "shopify_answer_lost", operation="GiftCardCreate", reference=reference
                 )
@@ -618,9 +622,8 @@ class ShopifyClient:
                     ) from exc
                 lost_before = True
                 continue
-            payload = data["giftCardCreate"]
             try:
-                _raise_user_errors(payload["userErrors"], secret=code)
+                _raise_user_errors(user_errors, secret=code)
             except ShopifyCodeTaken:
                 if not (lost_before and code):
                     raise
@@ -631,10 +634,25 @@ class ShopifyClient:
                 raise ShopifyUnknownOutcome(
                     "gift card code taken after a lost create", reference=reference
                 ) from None
-            card = parse_gift_card(payload["giftCard"])
+            try:
+                card = parse_gift_card(payload["giftCard"])
+            except (KeyError, TypeError, ValueError, ArithmeticError, ShopifyUnavailable):
+                if code is None:
+                    raise ShopifyUnknownOutcome(
+                        "gift card created but its answer is unreadable", reference=reference
+                    ) from None
+                # Created, by the answer's own account: read the card back by its code.
+                recovered = await self._recover_created(code, initial_value, reference)
+                if recovered is None:
+                    raise ShopifyUnknownOutcome(
+                        "gift card create answer unreadable", reference=reference
+                    ) from None
+                return recovered
             full_code = payload.get("giftCardCode") or code
             if not full_code:
-                raise ShopifyUnavailable("Shopify created a gift card but sent no code")
+                raise ShopifyUnknownOutcome(
+                    "Shopify created a gift card but sent no code", reference=reference
+                )
             self._log.info("shopify_gift_card_created", card_id=card.id, last4=card.last_characters)
             return CreatedGiftCard(card=card, code=str(full_code))
         raise AssertionError("unreachable")  # pragma: no cover
