@@ -6,10 +6,15 @@ the upstream clients' transports are wrapped in `TimedTransport`, which adds the
 whole request in that context (pure ASGI middleware, no thread hops), so the wait lands on the
 right request even with fifty in flight. The wrapper reports the figure back in a response
 header, so the same numbers come out whether the app is driven in-process or over HTTP.
+
+The wait starts when the request leaves for the upstream, not when the client asks its
+connection pool for a connection: a request queued for one of the client's pooled connections is
+waiting on giftsync, so that time stays in giftsync's own share.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,6 +24,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 UPSTREAM_HEADER = "x-bench-upstream-us"
 APP_HEADER = "x-bench-app-us"
+PID_HEADER = "x-bench-pid"
+# httpcore trace events that mark a request leaving on a connection it already holds: opening
+# the connection (an upstream's latency too) or, on a kept-alive one, sending the headers.
+_LEAVING = frozenset(
+    {
+        "connection.connect_tcp.started",
+        "connection.connect_unix_socket.started",
+        "http11.send_request_headers.started",
+        "http2.send_request_headers.started",
+    }
+)
 
 
 @dataclass
@@ -43,7 +59,18 @@ class TimedTransport(httpx.AsyncBaseTransport):
         self._inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        started = time.perf_counter()
+        asked = time.perf_counter()
+        started: float | None = None
+        outer_trace = request.extensions.get("trace")
+
+        async def trace(event: str, info: dict[str, object]) -> None:
+            nonlocal started
+            if started is None and event in _LEAVING:
+                started = time.perf_counter()
+            if outer_trace is not None:
+                await outer_trace(event, info)
+
+        request.extensions["trace"] = trace
         try:
             response = await self._inner.handle_async_request(request)
             # ASGITransport buffers the body; a socket transport may not, so read it here to
@@ -53,7 +80,8 @@ class TimedTransport(httpx.AsyncBaseTransport):
         finally:
             wait = current_wait.get()
             if wait is not None:
-                wait.seconds += time.perf_counter() - started
+                # No trace event: an in-process transport (ASGITransport), which has no pool.
+                wait.seconds += time.perf_counter() - (started if started is not None else asked)
                 wait.calls += 1
 
     async def aclose(self) -> None:
@@ -65,6 +93,8 @@ class UpstreamTimingMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        # Built in each server process, so the header tells which replica answered.
+        self._pid = str(os.getpid()).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,6 +110,7 @@ class UpstreamTimingMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((UPSTREAM_HEADER.encode(), str(int(wait.seconds * 1e6)).encode()))
                 headers.append((APP_HEADER.encode(), str(app_us).encode()))
+                headers.append((PID_HEADER.encode(), self._pid))
                 message = {**message, "headers": headers}
             await send(message)
 

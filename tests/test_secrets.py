@@ -97,7 +97,12 @@ class Seen:
         request = response.request
         self.answers.append((request.url.path, response))
         # What uvicorn's access log writes for each request in production (`giftsync serve`).
-        logging.getLogger("uvicorn.access").info(
+        # An earlier test in the same process may have silenced the logger (uvicorn's own
+        # config does): the search needs the line written.
+        access = logging.getLogger("uvicorn.access")
+        access.disabled = False
+        access.setLevel(logging.INFO)
+        access.info(
             '%s - "%s %s HTTP/%s" %d',
             "10.0.0.1:5000",
             request.method,

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -43,6 +45,8 @@ SANDBOX_ACCESS_TOKEN = "shpat_sandbox_token"  # noqa: S105
 # How far back a lost credit/debit is searched for among the card's newest transactions.
 RECOVERY_TRANSACTION_PAGES = 4
 MAX_THROTTLED_RETRIES = 20
+# When set (on the bucket's clock), calls give up rather than wait on the throttle past it.
+_WAIT_DEADLINE: ContextVar[float | None] = ContextVar("shopify_wait_deadline", default=None)
 _MARKER = re.compile(r"\[giftsync:([^\]]+)\]")
 
 
@@ -497,10 +501,33 @@ class ShopifyClient:
             raise _AnswerLost("Shopify answered an unexpected JSON shape")
         return body
 
+    @contextmanager
+    def wait_budget(self, seconds: float) -> Iterator[None]:
+        """Within the block, a call that would wait on Shopify's throttle past `seconds` from
+        now gives up with ShopifyUnavailable before sending: a shopper at checkout cannot wait
+        like a backfill, and nothing unsent needs compensating."""
+        token = _WAIT_DEADLINE.set(self._bucket.now() + seconds)
+        try:
+            yield
+        finally:
+            _WAIT_DEADLINE.reset(token)
+
+    def _check_wait(self, operation: str, cost: float) -> None:
+        deadline = _WAIT_DEADLINE.get()
+        if deadline is None:
+            return
+        wait = self._bucket.wait_needed(cost) if self._bucket.status is not None else 0.0
+        if self._bucket.now() + wait > deadline:
+            raise ShopifyUnavailable(
+                f"{operation} would wait {wait:.1f} s on Shopify's throttle, over its budget",
+                retry_after=max(1.0, wait),
+            )
+
     async def _send(self, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
         """One logical request: paced by the bucket, repeated while Shopify says THROTTLED."""
         cost_key = (operation, variables.get("first"))
         for throttled_in_a_row in range(MAX_THROTTLED_RETRIES):
+            self._check_wait(operation, self._estimate_cost(operation, variables))
             reservation = await self._bucket.reserve(
                 lambda: self._estimate_cost(operation, variables)
             )
@@ -733,14 +760,28 @@ class ShopifyClient:
                         f"gift card {kind} answer lost twice", reference=tagged_note
                     ) from exc
                 continue
-            payload = data[f"giftCard{kind.capitalize()}"]
-            _raise_user_errors(payload["userErrors"])
-            transaction = payload[f"giftCard{kind.capitalize()}Transaction"]
-            moved, _ = _money(transaction["amount"])
-            balance, _ = _money(transaction["giftCard"]["balance"])
-            return GiftCardMove(
-                transaction_id=str(transaction["id"]), amount=abs(moved), balance_after=balance
-            )
+            try:
+                payload = data[f"giftCard{kind.capitalize()}"]
+                user_errors = payload["userErrors"]
+            except (KeyError, TypeError):
+                user_errors = None
+            if user_errors:
+                _raise_user_errors(user_errors)
+            try:
+                transaction = payload[f"giftCard{kind.capitalize()}Transaction"]
+                moved, _ = _money(transaction["amount"])
+                balance, _ = _money(transaction["giftCard"]["balance"])
+                return GiftCardMove(
+                    transaction_id=str(transaction["id"]), amount=abs(moved), balance_after=balance
+                )
+            except (KeyError, TypeError, ValueError, ArithmeticError, ShopifyUnavailable):
+                # Applied or not, the answer cannot say: look the move up by its key.
+                found = await self._find_move(card_id, idempotency_key, tagged_note)
+                if found is not None:
+                    return found
+                raise ShopifyUnknownOutcome(
+                    f"gift card {kind} answer unreadable", reference=tagged_note
+                ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _find_move(

@@ -49,6 +49,10 @@ class CostBucket:
     def status(self) -> ThrottleStatus | None:
         return self._status
 
+    def now(self) -> float:
+        """This bucket's clock, on which waits are measured."""
+        return self._clock()
+
     @property
     def reserved(self) -> float:
         return self._reserved

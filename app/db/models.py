@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -146,6 +147,8 @@ class ShadowCard(Base):
     card_number_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     """Vii needs the number to capture or cancel; sealed like the PIN, erased when the hold closes."""
     version: Mapped[int] = mapped_column(Integer, server_default="0")
+    applied_unconfirmed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    """A re-size whose outcome Shopify never confirmed: the next call reads the card first."""
     captured_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
     state: Mapped[str] = mapped_column(String(16), server_default="applied")
     expires_at: Mapped[datetime]

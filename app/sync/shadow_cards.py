@@ -9,9 +9,11 @@ done is handed to a job committed in its own transaction (it must survive the ro
 
 from __future__ import annotations
 
+import functools
 import secrets
 import string
 import uuid
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -32,6 +34,9 @@ from app.worker import RetryLater
 
 log = get_logger(__name__)
 
+# Seconds a checkout call may wait on Shopify's throttle in total before answering 503.
+CHECKOUT_THROTTLE_WAIT_S = 5.0
+
 CLOSE_JOB = "shadow.close"
 UNDO_JOB = "vii.undo"
 PIN_FAILURE_LIMIT = 5
@@ -40,6 +45,9 @@ CREATE_SEARCH_GRACE = timedelta(minutes=2)
 LOCK_TIMEOUT = "10s"
 _CODE_ALPHABET = string.ascii_lowercase + string.digits
 _CODE_RANDOM_CHARS = 13  # 13 * log2(36) = 67 random bits, above the 64 DESIGN asks for
+# text() parses its SQL for bind parameters on every call; the checkout runs the same few
+# statements on every request, so each is built once (the statements here are all constants).
+_sql = functools.cache(text)
 
 
 class ViiPort(Protocol):
@@ -73,6 +81,8 @@ class ShopifyPort(Protocol):
     ) -> Any: ...
     async def deactivate_gift_card(self, card_id: str) -> Any: ...
     async def find_gift_card_by_code(self, code: str) -> Any: ...
+    async def get_gift_card(self, card_id: str) -> Any: ...
+    def wait_budget(self, seconds: float) -> AbstractContextManager[None]: ...
 
 
 class ShadowCardError(Exception):
@@ -186,17 +196,24 @@ class ShadowCardService:
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         vii_hash = card_hash(self._hash_key, request.card_number)
-        await self._refuse_if_locked_out(vii_hash, request.client_address)
         # The old frontend may send no token: derive a stable one, so a retry after a timeout
         # finds the same shadow card instead of holding the card's funds a second time.
         checkout_token = request.checkout_token or (
             "anon-" + card_hash(self._hash_key, f"{vii_hash}|{request.client_address}")[:32]
         )
+        # One transaction (one pooled connection) from the lockout check to the commit: the
+        # shopper waits on every round trip, and a locked-out caller never queues for the lock.
+        # A shopper cannot wait out Shopify's throttle like a backfill: past the budget the
+        # checkout answers 503 (nothing unsent needs compensating).
+        with self.shopify.wait_budget(CHECKOUT_THROTTLE_WAIT_S):
+            return await self._apply_locked(request, vii_hash, checkout_token)
+
+    async def _apply_locked(
+        self, request: ApplyRequest, vii_hash: str, checkout_token: str
+    ) -> ApplyResult:
         async with transaction(self.sessions) as session:
-            await session.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(f"vii:{vii_hash}")}
-            )
+            await self._refuse_if_locked_out(session, vii_hash, request.client_address)
+            await self._lock_card(session, vii_hash)
             live = await self._live_row(session, checkout_token, vii_hash)
             if live is None:
                 return await self._apply_new(session, request, checkout_token, vii_hash)
@@ -261,32 +278,21 @@ class ShadowCardService:
         expires_at = datetime.now(UTC) + self.settings.shadow_card_ttl
         card_id = uuid.uuid4()
         amount_minor = to_minor(amount)
+        # The card, its Shopify link, its sync base and the shadow row in one round trip (the
+        # foreign keys are checked at the end of the statement, when all four exist).
         await session.execute(
-            text(
+            _sql(
                 """
-                INSERT INTO gift_cards (id, kind, currency) VALUES (:id, 'vii_shadow', :currency);
-                """
-            ),
-            {"id": card_id, "currency": self.settings.currency},
-        )
-        await session.execute(
-            text(
-                """
-                INSERT INTO card_links (card_id, system, external_id, code_last4,
-                                        last_seen_balance_minor, last_seen_at)
-                VALUES (:card, 'shopify', :ext, :last4, :balance, now())
-                """
-            ),
-            {
-                "card": card_id,
-                "ext": created.card.id,
-                "last4": code[-4:],
-                "balance": amount_minor,
-            },
-        )
-        await session.execute(
-            text(
-                """
+                WITH card AS (
+                    INSERT INTO gift_cards (id, kind, currency)
+                    VALUES (:card, 'vii_shadow', :currency)
+                ), link AS (
+                    INSERT INTO card_links (card_id, system, external_id, code_last4,
+                                            last_seen_balance_minor, last_seen_at)
+                    VALUES (:card, 'shopify', :shopify, :code_last4, :amount, now())
+                ), base AS (
+                    INSERT INTO sync_base (card_id, balance_minor) VALUES (:card, :amount)
+                )
                 INSERT INTO shadow_cards (id, card_id, checkout_token, vii_card_hash, vii_last4,
                     hold_code, hold_amount_minor, pin_ciphertext, shopify_gift_card_id,
                     shopify_code_ciphertext, shopify_code_last4, applied_amount_minor,
@@ -298,6 +304,7 @@ class ShadowCardService:
             {
                 "id": shadow_id,
                 "card": card_id,
+                "currency": self.settings.currency,
                 "token": checkout_token,
                 "hash": vii_hash,
                 "last4": vii_last4,
@@ -314,10 +321,6 @@ class ShadowCardService:
         )
         await self._ledger(
             session, card_id, "shopify", amount_minor, f"{reference}:create", "apply"
-        )
-        await session.execute(
-            text("INSERT INTO sync_base (card_id, balance_minor) VALUES (:c, :b)"),
-            {"c": card_id, "b": amount_minor},
         )
         log.info("shadow_card_applied", shadow_id=str(shadow_id), vii_last4=vii_last4)
         return ApplyResult(
@@ -341,6 +344,9 @@ class ShadowCardService:
                 await self._record_pin_failure(vii_hash, request.client_address)
                 raise InvalidCardOrPin("The card number or PIN is not right.")
         applied = live.applied_amount_minor
+        if live.applied_unconfirmed:
+            applied = await self._confirm_applied(session, live)
+            live = await self._live_row(session, live.checkout_token, live.vii_card_hash)
         hold = live.hold_amount_minor
         vii_balance = live.vii_balance_minor
         target = to_minor(request.cart_total)
@@ -363,7 +369,7 @@ class ShadowCardService:
                 # (same checkout) credits it up.
                 failure, new_applied = exc, applied
         await session.execute(
-            text(
+            _sql(
                 """
                 UPDATE shadow_cards SET applied_amount_minor = :applied, hold_amount_minor = :hold,
                        vii_balance_minor = :balance, version = version + 1, updated_at = now()
@@ -434,7 +440,7 @@ class ShadowCardService:
             await self._give_up_after_failed_rehold(session, live, hold_still_open=False)
             raise _CommitThenRaise(await self._vii_refusal(exc, vii_hash, request)) from None
         await session.execute(
-            text(
+            _sql(
                 "UPDATE shadow_cards SET hold_code = :hold, applied_amount_minor = 0 WHERE id = :id"
             ),
             {"hold": hold.pre_auth_code, "id": live.id},
@@ -449,7 +455,7 @@ class ShadowCardService:
         The close job then deactivates it and, if the old hold is still open, cancels it.
         """
         await session.execute(
-            text(
+            _sql(
                 """
                 UPDATE shadow_cards SET state = 'released', pin_ciphertext = NULL,
                        hold_code = CASE WHEN :open THEN hold_code ELSE NULL END,
@@ -465,6 +471,28 @@ class ShadowCardService:
             {"shadow_id": str(live.id)},
             f"shadow:{live.id}:close",
         )
+
+    async def _confirm_applied(self, session: AsyncSession, live: Any) -> int:
+        """After a re-size Shopify never confirmed: what the card really holds now."""
+        try:
+            card = await self.shopify.get_gift_card(live.shopify_gift_card_id)
+        except UpstreamError:
+            card = None
+        if card is None:
+            raise ShopifyUnavailableError(
+                "Shopify could not confirm the card's amount; try again.", retry_after=5
+            )
+        applied = to_minor(card.balance)
+        await session.execute(
+            _sql(
+                """
+                UPDATE shadow_cards SET applied_amount_minor = :applied,
+                       applied_unconfirmed = false WHERE id = :id
+                """
+            ),
+            {"applied": applied, "id": live.id},
+        )
+        return applied
 
     async def _move_shopify(
         self, session: AsyncSession, live: Any, delta_minor: int, *, step: str
@@ -485,13 +513,25 @@ class ShadowCardService:
                     self.settings.currency,
                     idempotency_key=key,
                 )
+        except UnknownOutcome:
+            # The card may or may not have moved: the recorded amount can no longer be
+            # trusted, so the next call on this card reads Shopify's balance first.
+            await session.execute(
+                _sql("UPDATE shadow_cards SET applied_unconfirmed = true WHERE id = :id"),
+                {"id": live.id},
+            )
+            raise _CommitThenRaise(
+                ShopifyUnavailableError(
+                    "Shopify did not confirm the re-size; try again.", retry_after=5
+                )
+            ) from None
         except UpstreamError:
             raise ShopifyUnavailableError(
                 "Shopify could not re-size the card; it is unchanged.", retry_after=5
             ) from None
         await self._ledger(session, live.card_id, "shopify", delta_minor, key, "resize")
         await session.execute(
-            text(
+            _sql(
                 "UPDATE sync_base SET balance_minor = balance_minor + :d, version = version + 1 "
                 "WHERE card_id = :c"
             ),
@@ -505,7 +545,7 @@ class ShadowCardService:
         async with transaction(self.sessions) as session:
             rows = (
                 await session.execute(
-                    text(
+                    _sql(
                         """
                         SELECT id, state, shopify_code_ciphertext FROM shadow_cards
                         WHERE checkout_token = :token AND shopify_code_last4 = :last4
@@ -528,7 +568,7 @@ class ShadowCardService:
         async with transaction(self.sessions) as session:
             due = (
                 await session.execute(
-                    text(
+                    _sql(
                         """
                         SELECT id FROM shadow_cards
                         WHERE state = 'applied' AND expires_at <= now()
@@ -545,7 +585,7 @@ class ShadowCardService:
     async def _retire(self, session: AsyncSession, shadow_id: Any, state: str) -> None:
         """Move applied -> released/expired, keeping what the close job needs (not the PIN)."""
         await session.execute(
-            text(
+            _sql(
                 """
                 UPDATE shadow_cards SET state = :state, pin_ciphertext = NULL, updated_at = now()
                 WHERE id = :id AND state = 'applied'
@@ -566,7 +606,7 @@ class ShadowCardService:
         async with self.sessions() as session:
             row = (
                 await session.execute(
-                    text(
+                    _sql(
                         """
                         SELECT id, card_id, shopify_gift_card_id, hold_code, vii_last4,
                                card_number_ciphertext, applied_amount_minor, state
@@ -614,14 +654,14 @@ class ShadowCardService:
         if row is not None:
             async with transaction(self.sessions) as session:
                 await session.execute(
-                    text(
+                    _sql(
                         "UPDATE shadow_cards SET card_number_ciphertext = NULL, pin_ciphertext = NULL "
                         "WHERE id = :id AND state <> 'applied'"
                     ),
                     {"id": row.id},
                 )
                 await session.execute(
-                    text(
+                    _sql(
                         "UPDATE gift_cards SET state = 'deactivated', updated_at = now() "
                         "WHERE id = :c"
                     ),
@@ -663,7 +703,7 @@ class ShadowCardService:
     async def _live_row(self, session: AsyncSession, checkout_token: str, vii_hash: str) -> Any:
         return (
             await session.execute(
-                text(
+                _sql(
                     """
                     SELECT * FROM shadow_cards
                     WHERE checkout_token = :token AND vii_card_hash = :hash AND state = 'applied'
@@ -694,26 +734,47 @@ class ShadowCardService:
             "Vii is not answering; try again shortly.", retry_after=retry_after
         )
 
-    async def _refuse_if_locked_out(self, vii_hash: str, client_address: str) -> None:
-        async with self.sessions() as session:
-            row = (
-                await session.execute(
-                    text(
-                        """
-                        SELECT
-                          count(*) FILTER (WHERE vii_card_hash = :hash) AS by_card,
-                          min(failed_at) FILTER (WHERE vii_card_hash = :hash) AS card_oldest,
-                          count(*) FILTER (WHERE client_address = :addr) AS by_address,
-                          min(failed_at) FILTER (WHERE client_address = :addr) AS addr_oldest,
-                          now() AS now
-                        FROM pin_failures
-                        WHERE failed_at > now() - CAST(:window AS interval)
-                          AND (vii_card_hash = :hash OR client_address = :addr)
-                        """
-                    ),
-                    {"hash": vii_hash, "addr": client_address, "window": PIN_FAILURE_WINDOW},
-                )
-            ).one()
+    async def _lock_card(self, session: AsyncSession, vii_hash: str) -> None:
+        """Hold the card's advisory lock until this transaction ends; wait at most LOCK_TIMEOUT.
+
+        `lock_timeout` is set for the whole transaction (row locks included) in the same round
+        trip that tries the lock, so an uncontended card costs one statement; only a card
+        another checkout holds waits, in a second one.
+        """
+        key = lock_key(f"vii:{vii_hash}")
+        _, locked = (
+            await session.execute(
+                _sql(
+                    "SELECT set_config('lock_timeout', :timeout, true), "
+                    "pg_try_advisory_xact_lock(:key)"
+                ),
+                {"timeout": LOCK_TIMEOUT, "key": key},
+            )
+        ).one()
+        if not locked:
+            await session.execute(_sql("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    async def _refuse_if_locked_out(
+        self, session: AsyncSession, vii_hash: str, client_address: str
+    ) -> None:
+        row = (
+            await session.execute(
+                _sql(
+                    """
+                    SELECT
+                      count(*) FILTER (WHERE vii_card_hash = :hash) AS by_card,
+                      min(failed_at) FILTER (WHERE vii_card_hash = :hash) AS card_oldest,
+                      count(*) FILTER (WHERE client_address = :addr) AS by_address,
+                      min(failed_at) FILTER (WHERE client_address = :addr) AS addr_oldest,
+                      now() AS now
+                    FROM pin_failures
+                    WHERE failed_at > now() - CAST(:window AS interval)
+                      AND (vii_card_hash = :hash OR client_address = :addr)
+                    """
+                ),
+                {"hash": vii_hash, "addr": client_address, "window": PIN_FAILURE_WINDOW},
+            )
+        ).one()
         for count, oldest in ((row.by_card, row.card_oldest), (row.by_address, row.addr_oldest)):
             if count >= PIN_FAILURE_LIMIT:
                 wait = (oldest + PIN_FAILURE_WINDOW - row.now).total_seconds()
@@ -724,7 +785,7 @@ class ShadowCardService:
     async def _record_pin_failure(self, vii_hash: str, client_address: str) -> None:
         async with transaction(self.sessions) as session:
             await session.execute(
-                text("INSERT INTO pin_failures (vii_card_hash, client_address) VALUES (:h, :a)"),
+                _sql("INSERT INTO pin_failures (vii_card_hash, client_address) VALUES (:h, :a)"),
                 {"h": vii_hash, "a": client_address},
             )
 

@@ -1,0 +1,59 @@
+"""giftsync as the check-balance bench runs it: `uvicorn bench._service:create --factory`.
+
+The production wiring (settings from the environment, the real upstream clients over HTTP, the
+same ASGI app), with two bench-only additions: each upstream client's transport is wrapped in
+`TimedTransport` and the app in `UpstreamTimingMiddleware`, so every answer carries the time
+that request spent waiting on Vii and Shopify. The worker does not run here (a resize enqueues
+no job); in production it may run beside the API or apart, as DESIGN 2 allows.
+
+Run in each uvicorn worker process; the environment (set by bench/check_balance.py) names the
+database and the simulators, as DATABASE_URL, VII_BASE_URL and the rest would in production.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+from starlette.types import ASGIApp
+
+from app.clients.factory import Clients
+from app.clients.shopify import ShopifyClient
+from app.clients.vii import ViiClient
+from app.db.engine import create_engine, session_factory
+from app.logging import configure_logging
+from app.main import create_app
+from app.runtime import Runtime, install_features
+from app.settings import load_settings
+from app.sync.shadow_cards import ShadowCardService
+from bench._timing import TimedTransport, UpstreamTimingMiddleware
+
+POOL_SIZE_ENV = "GIFTSYNC_BENCH_POOL_SIZE"
+# What the clients build for themselves when given no transport; a transport passed in brings
+# its own pool, so the same limits are set here to keep the connection pool as in production.
+_CLIENT_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10)
+
+
+def _timed() -> TimedTransport:
+    return TimedTransport(httpx.AsyncHTTPTransport(limits=_CLIENT_LIMITS))
+
+
+def create() -> ASGIApp:
+    """The uvicorn factory: one runtime per worker process, as `giftsync serve` builds it."""
+    settings = load_settings(_env_file=None)
+    configure_logging(settings.log_level, json=settings.log_json)
+    assert settings.database_url is not None, "the bench always passes DATABASE_URL"
+    engine = create_engine(settings.database_url, pool_size=int(os.environ[POOL_SIZE_ENV]))
+    sessions = session_factory(engine)
+    vii = ViiClient.from_settings(settings, transport=_timed())
+    shopify = ShopifyClient.from_settings(settings, transport=_timed())
+    runtime = Runtime(
+        settings=settings,
+        database_url=settings.database_url,
+        engine=engine,
+        sessions=sessions,
+        clients=Clients(shopify=shopify, vii=vii, _all=[shopify, vii]),
+    )
+    runtime.shadow_cards = ShadowCardService(sessions, settings, vii, shopify)
+    install_features(runtime)
+    return UpstreamTimingMiddleware(create_app(runtime, run_worker=False))
