@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -97,6 +98,68 @@ def sandbox() -> None:
 
     settings = _settings()
     asyncio.run(run_forever(settings))
+
+
+class Direction(StrEnum):
+    TO_POS = "to_pos"
+    TO_SHOPIFY = "to_shopify"
+    BOTH = "both"
+
+
+@cli.command()
+def backfill(
+    direction: Annotated[
+        Direction, typer.Option(help="to_pos: Shopify cards to the POS; to_shopify: the reverse.")
+    ],
+) -> None:
+    """Move every existing card across (resumable); ends with a report of what was skipped."""
+    from app.runtime import build_runtime
+    from app.sync.backfill import BackfillFailed, backfill_command
+    from app.sync.runs import DirectionDisabled, NoPos
+
+    settings = _settings()
+
+    async def main() -> None:
+        runtime = await build_runtime(settings)
+        try:
+            await backfill_command(runtime, direction.value, console)
+        finally:
+            await runtime.close()
+
+    try:
+        asyncio.run(main())
+    except (NoPos, DirectionDisabled) as exc:
+        console.print(f"[bold red]cannot backfill[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except BackfillFailed as exc:
+        console.print(f"[bold red]backfill failed[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@cli.command()
+def reconcile(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Compute the same plan and change nothing.")
+    ] = False,
+) -> None:
+    """Compare every card across systems, repair drift by the three-way merge, report the rest."""
+    from app.runtime import build_runtime
+    from app.sync.reconcile import reconcile_command
+
+    settings = _settings()
+
+    async def main() -> None:
+        runtime = await build_runtime(settings)
+        try:
+            await reconcile_command(runtime, dry_run, console)
+        finally:
+            await runtime.close()
+
+    try:
+        asyncio.run(main())
+    except RuntimeError as exc:
+        console.print(f"[bold red]cannot reconcile[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 cards = typer.Typer(help="Look at gift cards as giftsync holds them.", no_args_is_help=True)

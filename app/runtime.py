@@ -118,6 +118,12 @@ def install_features(runtime: Runtime) -> None:
         from app.sync.omni_polling import install_omni
 
         install_omni(runtime, runtime.omni)
+    # After shadow cards and omni: both lend the reconciler and the backfill their clients.
+    from app.sync.backfill import install_backfill
+    from app.sync.reconcile import install_reconcile
+
+    install_reconcile(runtime)
+    install_backfill(runtime)
 
 
 async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
