@@ -203,6 +203,28 @@ class Simulators:
     async def spend_in_store(self, card_id: str, amount: str) -> None:
         await self._call("POST", f"/lightspeed/gift-cards/{card_id}/spend", {"amount": amount})
 
+    async def pos_payments(self, card_id: str) -> list[dict[str, Any]]:
+        """The Lightspeed sale payments on one card (`amount` as a string, `completed`)."""
+        payments: list[dict[str, Any]] = await self._call(
+            "GET", f"/lightspeed/gift-cards/{card_id}/payments"
+        )
+        return payments
+
+    async def set_pos_limits(self, bucket_size: float, drip_rate: float) -> None:
+        await self._call(
+            "POST", "/lightspeed/limits", {"bucket_size": bucket_size, "drip_rate": drip_rate}
+        )
+
+    async def sell_online(self, balance: str, code: str | None = None) -> str:
+        """A gift card sold on Shopify behind giftsync's back; returns its gid."""
+        answer = await self._call("POST", "/shopify/gift-cards", {"balance": balance, "code": code})
+        return str(answer["id"])
+
+    async def spend_online(self, shopify_id: str, amount: str) -> None:
+        """A debit on a Shopify gift card (by gid) that giftsync is not told about."""
+        legacy_id = shopify_id.rsplit("/", 1)[-1]
+        await self._call("POST", f"/shopify/gift-cards/{legacy_id}/spend", {"amount": amount})
+
     async def pos_cards(self) -> dict[str, dict[str, str]]:
         """creditAccountID -> {"code", "money"} for every Lightspeed gift card."""
         cards = await self._call("GET", "/lightspeed/gift-cards")

@@ -81,6 +81,16 @@ class AmountIn(BaseModel):
     amount: Decimal
 
 
+class OnlineCardIn(BaseModel):
+    balance: Decimal
+    code: str | None = None
+
+
+class LimitsIn(BaseModel):
+    bucket_size: float
+    drip_rate: float
+
+
 def _text(value: Any) -> Any:
     """Money and times as strings: a float would lose the cents the tests compare."""
     if isinstance(value, Decimal):
@@ -140,6 +150,44 @@ def control_app(sandbox: Sandbox) -> FastAPI:
         if card_id not in lightspeed.cards:
             raise HTTPException(404, "no such gift card")
         return {"payment_id": lightspeed.spend_in_store(card_id, spend.amount)}
+
+    @app.get("/lightspeed/gift-cards/{card_id}/payments")
+    async def pos_payments(card_id: str) -> list[dict[str, Any]]:
+        """Every sale payment on the card, in order: each is one move of its balance."""
+        if card_id not in lightspeed.cards:
+            raise HTTPException(404, "no such gift card")
+        return [
+            _text(
+                {
+                    "id": payment.sale_payment_id,
+                    "sale_id": payment.sale_id,
+                    "amount": payment.amount,
+                    "remote_reference": payment.remote_reference,
+                    "completed": lightspeed.sales[payment.sale_id].completed,
+                }
+            )
+            for payment in lightspeed.payments.values()
+            if payment.credit_account_id == card_id
+        ]
+
+    @app.post("/lightspeed/limits")
+    async def pos_limits(limits: LimitsIn) -> dict[str, float]:
+        """Widen the API bucket: the default (90, 1/s) allows one card write every 10 s."""
+        lightspeed.bucket_size = limits.bucket_size
+        lightspeed.drip_rate = limits.drip_rate
+        return {"bucket_size": limits.bucket_size, "drip_rate": limits.drip_rate}
+
+    @app.post("/shopify/gift-cards")
+    async def sell_online(card: OnlineCardIn) -> dict[str, str]:
+        card_id, code = shopify.create_gift_card(card.balance, code=card.code)
+        return {"id": card_id, "code": code}
+
+    @app.post("/shopify/gift-cards/{legacy_id}/spend")
+    async def spend_online(legacy_id: int, spend: AmountIn) -> dict[str, str]:
+        card_id = f"gid://shopify/GiftCard/{legacy_id}"
+        if legacy_id not in shopify.shop.gift_cards:
+            raise HTTPException(404, "no such gift card")
+        return {"transaction_id": shopify.spend(card_id, spend.amount)}
 
     return app
 
