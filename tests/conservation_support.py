@@ -8,6 +8,7 @@ hundred-step run stays quick. Everything here is async and runs on the machine's
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import uuid
 from dataclasses import dataclass, field
@@ -169,18 +170,15 @@ class World:
         Its lease is then made to run out, so the next worker claims and runs it again.
         """
         async with transaction(self.runtime.sessions) as session:
-            claimed = await jobs.claim(
-                session, CRASHED_WORKER, limit=1, lease=timedelta(minutes=5)
-            )
+            claimed = await jobs.claim(session, CRASHED_WORKER, limit=1, lease=timedelta(minutes=5))
         if not claimed:
             return None
         job = claimed[0]
         if run_handler:
             handler = self.runtime.handlers[job.kind]
-            try:
+            # The worker died: whatever the handler raised is lost with it.
+            with contextlib.suppress(Exception):
                 await handler(job.payload)
-            except Exception:  # noqa: BLE001 - the worker died; whatever it raised is lost too
-                pass
         async with self.engine.begin() as connection:
             await connection.execute(
                 text(

@@ -255,9 +255,7 @@ class ConservationMachine(RuleBasedStateMachine):
 
     def omni_on(self, side: str) -> list[int]:
         """Omni cards that exist on `side` ("shopify" or "pos") as far as the model knows."""
-        return [
-            n for n, c in enumerate(self.omni) if (c.gid if side == "shopify" else c.pos_id)
-        ]
+        return [n for n, c in enumerate(self.omni) if (c.gid if side == "shopify" else c.pos_id)]
 
     def payable_tokens(self) -> list[str]:
         return sorted(
@@ -340,13 +338,9 @@ class ConservationMachine(RuleBasedStateMachine):
 
     def _apply(self, index: int, token: str, cart: int, *, pin: bool) -> None:
         card = self.vii[index]
-        live = next(
-            (s for s in self.live_shadows() if s.token == token and s.vii == index), None
-        )
+        live = next((s for s in self.live_shadows() if s.token == token and s.vii == index), None)
         available_before = minor(self.world.vii_sim.available(card.number))
-        response = self.run(
-            self.world.apply(card.number, card.pin if pin else None, cart, token)
-        )
+        response = self.run(self.world.apply(card.number, card.pin if pin else None, cart, token))
         body = response.json()
         event(f"apply ({'same checkout and card' if live else 'new'}): {response.status_code}")
         if live is not None:
@@ -382,9 +376,7 @@ class ConservationMachine(RuleBasedStateMachine):
         row = self.run(self._shadow_row(gid))
         applied = minor(body["amountApplied"])
         assert self.shopify_balance_minor(gid) == applied
-        self.shadows.append(
-            Shadow(token, index, code, gid, str(row.id), str(row.card_id), applied)
-        )
+        self.shadows.append(Shadow(token, index, code, gid, str(row.id), str(row.card_id), applied))
 
     @precondition(lambda self: self.lost_answer_steps < MAX_LOST_ANSWER_STEPS)
     @rule(index=VII_INDEX, cart=CART, upstream=st.sampled_from(["vii", "shopify"]))
@@ -437,8 +429,10 @@ class ConservationMachine(RuleBasedStateMachine):
     # --- orders -----------------------------------------------------------------------------
 
     @precondition(
-        lambda self: bool(self.payable_tokens())
-        or any(self.omni[n].total_minor > 0 for n in self.omni_on("shopify"))
+        lambda self: (
+            bool(self.payable_tokens())
+            or any(self.omni[n].total_minor > 0 for n in self.omni_on("shopify"))
+        )
     )
     @rule(data=st.data())
     @step
@@ -468,8 +462,7 @@ class ConservationMachine(RuleBasedStateMachine):
         if not payments:
             return
         gids = [
-            self.shadows[n].gid if kind == "shadow" else self.omni[n].gid
-            for kind, n, _ in payments
+            self.shadows[n].gid if kind == "shadow" else self.omni[n].gid for kind, n, _ in payments
         ]
         order = self.world.shop_sim.create_order(
             [(str(gid), money(amount)) for gid, (_, _, amount) in zip(gids, payments, strict=True)]
@@ -560,7 +553,9 @@ class ConservationMachine(RuleBasedStateMachine):
 
     @precondition(
         lambda self: any(
-            not o.cancelled and not o.may_have_captured and any(p.kind == "shadow" for p in o.payments)
+            not o.cancelled
+            and not o.may_have_captured
+            and any(p.kind == "shadow" for p in o.payments)
             for o in self.orders
         )
     )
@@ -584,7 +579,9 @@ class ConservationMachine(RuleBasedStateMachine):
         for payment in order.payments:
             if payment.kind == "shadow":
                 self.shadows[payment.index].state = "cancelled"
-        self.pending.append(Webhook("orders/cancelled", order.paid_payload, self.orders.index(order)))
+        self.pending.append(
+            Webhook("orders/cancelled", order.paid_payload, self.orders.index(order))
+        )
 
     # --- webhooks and the worker --------------------------------------------------------------
 
@@ -601,7 +598,9 @@ class ConservationMachine(RuleBasedStateMachine):
     async def _deliver(self, hook: Webhook, repeat: str) -> None:
         webhook_id, event_id = uuid.uuid4().hex, uuid.uuid4().hex
         world = self.world
-        assert await world.deliver(hook.topic, hook.payload, webhook_id=webhook_id, event_id=event_id)
+        assert await world.deliver(
+            hook.topic, hook.payload, webhook_id=webhook_id, event_id=event_id
+        )
         if repeat == "same_id":  # Shopify's retry of the same delivery
             assert not await world.deliver(hook.topic, hook.payload, webhook_id=webhook_id)
         elif repeat == "same_event":  # the same event under another delivery id
@@ -713,7 +712,8 @@ class ConservationMachine(RuleBasedStateMachine):
         hooks = order["webhooks"]
         self.pending.append(Webhook("orders/paid", hooks["orders/paid"], None))
         self.pending.extend(
-            Webhook("order_transactions/create", p, None) for p in hooks["order_transactions/create"]
+            Webhook("order_transactions/create", p, None)
+            for p in hooks["order_transactions/create"]
         )
 
     @precondition(lambda self: bool(self.omni_on("pos")))
@@ -759,8 +759,10 @@ class ConservationMachine(RuleBasedStateMachine):
             card.total_minor -= amount
 
     @precondition(
-        lambda self: self.steps_since_settle >= STEPS_BETWEEN_SETTLES
-        and any(c.gid and c.pos_id for c in self.omni)
+        lambda self: (
+            self.steps_since_settle >= STEPS_BETWEEN_SETTLES
+            and any(c.gid and c.pos_id for c in self.omni)
+        )
     )
     @rule(data=st.data(), first=PERCENT, second=PERCENT, poll_between=st.booleans())
     @step
@@ -862,7 +864,9 @@ class ConservationMachine(RuleBasedStateMachine):
 
     async def _check_vii(self) -> None:
         sim = self.world.vii_sim
-        rows = await self.world.rows("SELECT id, hold_code FROM shadow_cards WHERE state = 'applied'")
+        rows = await self.world.rows(
+            "SELECT id, hold_code FROM shadow_cards WHERE state = 'applied'"
+        )
         holds_of = {str(r.id): r.hold_code for r in rows}
         for index, card in enumerate(self.vii):
             expected = card.initial_minor - card.captured_minor - card.spent_elsewhere_minor
@@ -937,7 +941,9 @@ class ConservationMachine(RuleBasedStateMachine):
             "SELECT card_id, external_id FROM card_links WHERE system = 'shopify'"
         )
         card_of = {r.external_id: str(r.card_id) for r in links}
-        expected |= {("overdraft", f"card:{card_of[c.gid]}") for c in self.omni if c.overdrawn and c.gid}
+        expected |= {
+            ("overdraft", f"card:{card_of[c.gid]}") for c in self.omni if c.overdrawn and c.gid
+        }
         found = await self.world.rows(
             "SELECT type, subject, evidence, resolved_at FROM findings ORDER BY id"
         )
@@ -1051,7 +1057,10 @@ class ConservationMachine(RuleBasedStateMachine):
                 captures[str(entry.card_id)] += entry.amount_minor
         for shadow in self.shadows:
             expected = -shadow.charged_minor if shadow.state == "paid" else 0
-            assert captures.get(shadow.card_id, 0) == expected, (shadow, captures.get(shadow.card_id))
+            assert captures.get(shadow.card_id, 0) == expected, (
+                shadow,
+                captures.get(shadow.card_id),
+            )
 
 
 @pytest.fixture(autouse=True)
