@@ -23,9 +23,10 @@ run's doing, and counting moves proves each was made exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -153,6 +154,36 @@ async def links_per_card(engine: AsyncEngine) -> list[tuple[int, int]]:
         return [(int(row[0]), int(row[1])) for row in rows]
 
 
+async def linked_ids(engine: AsyncEngine, system: str) -> set[str]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT external_id FROM card_links WHERE system = :s"), {"s": system}
+        )
+        return {row[0] for row in rows}
+
+
+def unrecorded_for(
+    longer_than: float, find: Callable[[], Awaitable[set[str]]]
+) -> Callable[[], Awaitable[bool]]:
+    """A check: some upstream card has stayed unrecorded by giftsync for `longer_than` seconds.
+
+    A write answered normally is recorded within the upstream's latency; one still unrecorded
+    after that had its answer lost, so killing the worker now leaves it for the next one.
+    """
+    first_seen: dict[str, float] = {}
+
+    async def check() -> bool:
+        now = asyncio.get_running_loop().time()
+        current = await find()
+        for key in set(first_seen) - current:
+            del first_seen[key]
+        for key in current:
+            first_seen.setdefault(key, now)
+        return any(now - seen > longer_than for seen in first_seen.values())
+
+    return check
+
+
 async def count_rows(engine: AsyncEngine, table: str) -> int:
     async with engine.connect() as connection:
         count = await connection.scalar(text(f"SELECT count(*) FROM {table}"))
@@ -187,14 +218,19 @@ async def test_worker_killed_mid_backfill_to_shopify_copies_every_card_once(
             checkpointed, within=40, what="the run checkpoints cards moved", processes=processes
         )
         # The worst moment to die: Shopify made a card whose answer never came back.
-        await sims.set_faults("shopify", lose_answer_rate=1.0, lost_answer_hang_s=3)
+        await sims.set_faults("shopify", lose_answer_rate=1.0, lost_answer_hang_s=10)
+        pos_of = {code: pos_id for pos_id, (code, _) in sold.items()}
 
-        async def created_unrecorded() -> bool:
-            made = sum(len(cards) for cards in (await shopify_by_code(sims, codes)).values())
-            return made > await linked(engine, ids)
+        async def made_not_linked() -> set[str]:
+            done = await linked_ids(engine, POS)
+            return {
+                code
+                for code, cards in (await shopify_by_code(sims, codes)).items()
+                if cards and pos_of[code] not in done
+            }
 
         await wait_until(
-            created_unrecorded,
+            unrecorded_for(2.5, made_not_linked),
             within=30,
             what="a Shopify card is created whose answer is lost",
             processes=processes,
@@ -274,13 +310,13 @@ async def test_worker_killed_mid_backfill_to_pos_gives_every_card_one_pos_twin(
         await wait_until(
             checkpointed, within=40, what="the run checkpoints cards moved", processes=processes
         )
-        await sims.set_faults("lightspeed", lose_answer_rate=1.0, lost_answer_hang_s=3)
+        await sims.set_faults("lightspeed", lose_answer_rate=1.0, lost_answer_hang_s=10)
 
-        async def created_unrecorded() -> bool:
-            return len(await sims.pos_cards()) > await linked_online()
+        async def made_not_linked() -> set[str]:
+            return set(await sims.pos_cards()) - await linked_ids(engine, POS)
 
         await wait_until(
-            created_unrecorded,
+            unrecorded_for(1.0, made_not_linked),
             within=30,
             what="a POS card is created whose answer is lost",
             processes=processes,
