@@ -210,6 +210,10 @@ class OmniSync:
             self.settings.shopify_serial_prefix, shopify_card_id, key=self._hash_key
         )
 
+    def _serial_made_here(self, serial: str) -> bool:
+        prefix = self.settings.shopify_serial_prefix
+        return serial.startswith(prefix) and len(serial) == len(prefix) + 16 and serial.isdigit()
+
     def code_hash(self, code: str) -> str:
         return card_hash(self._hash_key, code.strip().lower())
 
@@ -261,6 +265,10 @@ class OmniSync:
             )
             if existing is not None:
                 return LinkOutcome("already_linked", card_id=existing)
+            if self._serial_made_here(card.serial):
+                # Sold online, and its export crashed before linking: the export's retry
+                # links it; importing it would make a second Shopify card for the same money.
+                return LinkOutcome("skipped", reason="made_by_giftsync")
             customer_id, email = await self._shopify_customer(card)
             note = _link_note(system, card.external_id)
             shopify_card = await self._create_or_adopt(card, note, customer_id)

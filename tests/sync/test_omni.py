@@ -403,3 +403,18 @@ async def test_a_poller_that_fell_behind_catches_up_without_skipping(
         for ext, _ in cards
     ]
     assert balances == [Decimal("9.00")] * 12
+
+
+async def test_a_pos_card_giftsync_exported_is_never_imported_back(
+    flow: Omni, engine: AsyncEngine
+) -> None:
+    """An export that crashed after creating the POS card but before linking it: the POS
+    poller must not make a second Shopify card for the same money."""
+    order = flow.shop_sim.create_order([], [Decimal("15.00")])
+    serial = flow.omni.pos_serial_for(order["purchased_gift_cards"][0]["id"])
+    flow.sell_in_store(serial, "15.00")
+
+    await flow.pollers.poll_pos()
+
+    assert len(flow.shop_sim.shop.gift_cards) == 1
+    assert await rows(engine, "SELECT id FROM gift_cards") == []
