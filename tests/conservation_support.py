@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,7 +23,6 @@ from app.clients.factory import Clients
 from app.clients.lightspeed import LightspeedClient
 from app.clients.shopify import ShopifyClient
 from app.clients.vii import ViiClient
-from app.db import jobs
 from app.db.engine import create_engine, session_factory, transaction
 from app.db.tokens import MemoryTokenStore
 from app.main import create_app
@@ -44,7 +42,7 @@ from app.sync.shadow_cards import ShadowCardService
 from app.worker import Worker
 from tests.conftest import make_settings
 
-UPSTREAM_TIMEOUT_S = 0.5
+UPSTREAM_TIMEOUT_S = 0.75
 """Client deadline: far above an in-process answer, and what a lost answer costs."""
 LOST_ANSWER_HANG_S = 5.0
 CRASHED_WORKER = "crashed-worker"
@@ -147,13 +145,16 @@ class World:
         )
 
     async def make_due(self) -> None:
-        """Backoffs and armed undos are wall-clock waits; a test does not wait them out."""
+        """Backoffs and armed undos are wall-clock waits: a test does not wait them out, and
+        what runs next must not depend on how long the steps before it took."""
         async with self.engine.begin() as connection:
             await connection.execute(
                 text("UPDATE jobs SET run_at = now() WHERE state = 'queued' AND run_at > now()")
             )
 
     async def run_due(self, *, limit: int = 100) -> int:
+        """One worker pass over every queued job (backoffs skipped: see `make_due`)."""
+        await self.make_due()
         return await self.worker.run_once(limit=limit)
 
     async def drain(self, *, rounds: int = 60) -> None:
@@ -164,30 +165,51 @@ class World:
                 return
         raise AssertionError(f"jobs still coming after {rounds} rounds: {await self.queue()}")
 
-    async def crash_one_job(self, *, run_handler: bool) -> str | None:
-        """A worker claims the next job, maybe runs it, and dies before marking it done.
+    async def crash_one_job(self, pick: int, *, run_handler: bool) -> str | None:
+        """A worker claims a job, maybe runs it, and dies before marking it done.
 
-        Its lease is then made to run out, so the next worker claims and runs it again.
+        `pick` chooses among the jobs not done (oldest first, wrapping around). The job's lease
+        is then made to run out, so the next worker claims and runs it again.
         """
+        await self.make_due()
         async with transaction(self.runtime.sessions) as session:
-            claimed = await jobs.claim(session, CRASHED_WORKER, limit=1, lease=timedelta(minutes=5))
-        if not claimed:
-            return None
-        job = claimed[0]
+            ids = [
+                row[0]
+                for row in await session.execute(
+                    text("SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")
+                )
+            ]
+            if not ids:
+                return None
+            # As `jobs.claim` does, for one chosen job.
+            claimed = (
+                await session.execute(
+                    text(
+                        """
+                        UPDATE jobs SET state = 'running', attempts = attempts + 1,
+                               locked_by = :worker, locked_until = now() + interval '5 minutes',
+                               updated_at = now()
+                        WHERE id = :id
+                        RETURNING kind, payload
+                        """
+                    ),
+                    {"id": ids[pick % len(ids)], "worker": CRASHED_WORKER},
+                )
+            ).one()
         if run_handler:
-            handler = self.runtime.handlers[job.kind]
+            handler = self.runtime.handlers[claimed.kind]
             # The worker died: whatever the handler raised is lost with it.
             with contextlib.suppress(Exception):
-                await handler(job.payload)
+                await handler(claimed.payload)
         async with self.engine.begin() as connection:
             await connection.execute(
                 text(
                     "UPDATE jobs SET locked_until = now() - interval '1 second' "
                     "WHERE id = :id AND state = 'running' AND locked_by = :worker"
                 ),
-                {"id": job.id, "worker": CRASHED_WORKER},
+                {"id": ids[pick % len(ids)], "worker": CRASHED_WORKER},
             )
-        return job.kind
+        return str(claimed.kind)
 
     async def queue(self) -> list[tuple[str, str, int, str | None]]:
         """Jobs not done: (kind, state, attempts, last error)."""
