@@ -19,6 +19,7 @@ from starlette.types import ASGIApp
 
 from app.clients.factory import Clients
 from app.clients.shopify import ShopifyClient
+from app.clients.transport import AiohttpTransport
 from app.clients.vii import ViiClient
 from app.db.engine import create_engine, session_factory
 from app.logging import configure_logging
@@ -29,13 +30,13 @@ from app.sync.shadow_cards import ShadowCardService
 from bench._timing import TimedTransport, UpstreamTimingMiddleware
 
 POOL_SIZE_ENV = "GIFTSYNC_BENCH_POOL_SIZE"
-# What the clients build for themselves when given no transport; a transport passed in brings
-# its own pool, so the same limits are set here to keep the connection pool as in production.
-_CLIENT_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10)
+# The transport the clients build for themselves, with more connections than the bench has
+# shoppers: a call never queues for one, so the whole of it is the upstream's (bench/_timing.py).
+_CLIENT_LIMITS = httpx.Limits(max_connections=200, keepalive_expiry=5.0)
 
 
 def _timed() -> TimedTransport:
-    return TimedTransport(httpx.AsyncHTTPTransport(limits=_CLIENT_LIMITS))
+    return TimedTransport(AiohttpTransport(limits=_CLIENT_LIMITS))
 
 
 def create() -> ASGIApp:

@@ -1,15 +1,16 @@
 """Per-request upstream wait, measured from outside the app code.
 
 A bench-side ASGI wrapper gives each incoming request a fresh `UpstreamWait` in a ContextVar;
-the upstream clients' transports are wrapped in `TimedTransport`, which adds the time spent in
-`handle_async_request` to whatever accumulator the current context holds. The app runs the
-whole request in that context (pure ASGI middleware, no thread hops), so the wait lands on the
-right request even with fifty in flight. The wrapper reports the figure back in a response
-header, so the same numbers come out whether the app is driven in-process or over HTTP.
+the upstream clients' transports are wrapped in `TimedTransport`, which adds the wall time of
+each call (sending, the upstream's work, the answer's last byte) to whatever accumulator the
+current context holds. The app runs the whole request in that context (pure ASGI middleware, no
+thread hops), so the wait lands on the right request even with fifty in flight. The wrapper
+reports the figure back in a response header, so the same numbers come out whether the app is
+driven in-process or over HTTP.
 
-The wait starts when the request leaves for the upstream, not when the client asks its
-connection pool for a connection: a request queued for one of the client's pooled connections is
-waiting on giftsync, so that time stays in giftsync's own share.
+A call that first waits for one of the client's pooled connections would count that wait as
+upstream time, though it is giftsync's own; bench/_service.py gives each client more connections
+than there are shoppers, so no call ever waits for one.
 """
 
 from __future__ import annotations
@@ -25,16 +26,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 UPSTREAM_HEADER = "x-bench-upstream-us"
 APP_HEADER = "x-bench-app-us"
 PID_HEADER = "x-bench-pid"
-# httpcore trace events that mark a request leaving on a connection it already holds: opening
-# the connection (an upstream's latency too) or, on a kept-alive one, sending the headers.
-_LEAVING = frozenset(
-    {
-        "connection.connect_tcp.started",
-        "connection.connect_unix_socket.started",
-        "http11.send_request_headers.started",
-        "http2.send_request_headers.started",
-    }
-)
 
 
 @dataclass
@@ -60,28 +51,16 @@ class TimedTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         asked = time.perf_counter()
-        started: float | None = None
-        outer_trace = request.extensions.get("trace")
-
-        async def trace(event: str, info: dict[str, object]) -> None:
-            nonlocal started
-            if started is None and event in _LEAVING:
-                started = time.perf_counter()
-            if outer_trace is not None:
-                await outer_trace(event, info)
-
-        request.extensions["trace"] = trace
         try:
             response = await self._inner.handle_async_request(request)
-            # ASGITransport buffers the body; a socket transport may not, so read it here to
-            # charge the body's arrival to the upstream too.
+            # A socket transport streams the body: read it here, so its arrival is charged to
+            # the upstream too.
             await response.aread()
             return response
         finally:
             wait = current_wait.get()
             if wait is not None:
-                # No trace event: an in-process transport (ASGITransport), which has no pool.
-                wait.seconds += time.perf_counter() - (started if started is not None else asked)
+                wait.seconds += time.perf_counter() - asked
                 wait.calls += 1
 
     async def aclose(self) -> None:

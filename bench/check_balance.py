@@ -587,10 +587,11 @@ def write_csv(path: Path, phases: list[Phase]) -> None:
 def print_notes() -> None:
     print()
     print("  OWN = total seen by the shopper minus upstream wait. Upstream wait runs from a")
-    print("  request leaving on a connection to its answer's last byte, measured inside")
-    print("  giftsync; waiting for one of the client's pooled connections counts as OWN. OWN")
-    print("  includes PostgreSQL, giftsync's CPU, queueing for CPU on this machine, the HTTP")
-    print("  stack and the load generator's own overhead; 'own in app' leaves out the last two.")
+    print("  call entering the client's transport to its answer's last byte, measured inside")
+    print("  giftsync (each client has more connections than there are shoppers, so no call")
+    print("  waits for one). OWN includes PostgreSQL, giftsync's CPU, queueing for CPU on")
+    print("  this machine, the HTTP stack and the load generator's own overhead; 'own in app'")
+    print("  leaves out the last two.")
 
 
 # ---- main --------------------------------------------------------------------------------------

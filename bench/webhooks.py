@@ -321,7 +321,7 @@ async def start_service(
     """The API (with the worker, or without it plus `giftsync worker`); returns its URL."""
     port = _free_port()
     api_env = dict(env)
-    if args.worker == "separate":
+    if args.worker != "same":
         api_env["GIFTSYNC_NO_WORKER"] = "1"
     commands = [
         (
@@ -731,7 +731,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument(
         "--worker",
-        choices=("same", "separate"),
+        choices=("same", "separate", "none"),
         default="same",
         help="run the job worker in the API process (giftsync serve) or as giftsync worker",
     )

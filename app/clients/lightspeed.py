@@ -25,6 +25,7 @@ from tenacity import (
 )
 
 from app.clients.errors import UnknownOutcome, UpstreamRejected, UpstreamUnavailable
+from app.clients.transport import AiohttpTransport
 from app.db.tokens import TokenSet, TokenStore, refresh_lock
 from app.logging import get_logger, mask_text
 from app.settings import BalanceSign, Settings
@@ -334,7 +335,7 @@ class LightspeedClient:
         self._balance_sign = balance_sign
         self._timeout = timeout
         self._http = httpx.AsyncClient(
-            transport=transport,
+            transport=transport or AiohttpTransport(),
             timeout=httpx.Timeout(timeout),
             headers={"Accept": "application/json"},
         )

@@ -37,6 +37,7 @@ from app.clients.errors import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from app.clients.transport import AiohttpTransport
 from app.logging import get_logger, mask_text
 from app.settings import ONSITE_REQUIRED, Settings
 
@@ -486,9 +487,8 @@ class OnSiteClient:
             base_url=self.base_url,
             auth=httpx.BasicAuth(username, password),
             headers=headers,
-            verify=verify_tls,
             timeout=httpx.Timeout(timeout),
-            transport=transport,
+            transport=transport or AiohttpTransport(verify=verify_tls),
         )
         # Until the first answer sets the cookie, requests go one at a time: each request
         # without a session opens a new one, and every session holds a seat until a restart.

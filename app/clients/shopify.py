@@ -34,6 +34,7 @@ from tenacity import (
 from app.clients.errors import UnknownOutcome, UpstreamRejected, UpstreamUnavailable
 from app.clients.shopify_queries import ALL_OPERATIONS, BULK_GIFT_CARDS_QUERY, MUTATIONS
 from app.clients.throttle import CostBucket, ThrottleStatus
+from app.clients.transport import AiohttpTransport
 from app.logging import get_logger
 from app.settings import Settings
 
@@ -417,9 +418,7 @@ class ShopifyClient:
         self._token = SecretStr(access_token)
         self._timeout = timeout
         self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+            transport=transport or AiohttpTransport(), timeout=httpx.Timeout(timeout)
         )
         self._bucket = bucket or CostBucket()
         self._retry_attempts = retry_attempts

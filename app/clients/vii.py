@@ -32,6 +32,7 @@ from tenacity import (
 )
 
 from app.clients.errors import UnknownOutcome, UpstreamRejected, UpstreamUnavailable
+from app.clients.transport import AiohttpTransport
 from app.logging import get_logger, mask_text
 from app.settings import VII_REQUIRED, Settings
 
@@ -195,9 +196,8 @@ class ViiClient:
         self._attempts = max(1, attempts)
         self._backoff = backoff
         self._http = httpx.AsyncClient(
-            transport=transport,
+            transport=transport or AiohttpTransport(),
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
             # Exactly what the de-facto integration sends; the XML declaration names utf-8.
             headers={"Content-Type": "text/xml", "Accept": "text/xml"},
         )

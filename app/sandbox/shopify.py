@@ -284,6 +284,10 @@ class PlannedRequest:
         return self.operation.operation == OperationType.MUTATION
 
 
+MAX_CHECKED_DOCUMENTS = 512
+"""Distinct query texts remembered as checked; a fuzzing client cannot grow it without end."""
+
+
 class ShopifySimulator:
     """In-memory Shopify shop behind the real Admin GraphQL schema.
 
@@ -310,6 +314,7 @@ class ShopifySimulator:
         self.request_count = 0
         self._access_token = access_token
         self._schema = admin_schema()
+        self._checked: dict[str, DocumentNode | list[dict[str, Any]]] = {}
         self.app = self._build_app()
 
     # --- HTTP ---
@@ -393,14 +398,29 @@ class ShopifySimulator:
             await self.faults.hang()
         return JSONResponse(answer)
 
-    def _plan(self, body: dict[str, Any]) -> PlannedRequest | list[dict[str, Any]]:
+    def _checked_document(self, query: str) -> DocumentNode | list[dict[str, Any]]:
+        """The query parsed and validated, or its errors; once per distinct query text.
+
+        A client sends the same few documents over and over; validating each anew cost the
+        simulator more CPU than giftsync spent on the whole request, on the machine they share.
+        """
+        known = self._checked.get(query)
+        if known is not None:
+            return known
         try:
-            document = parse(body["query"])
+            document = parse(query)
         except GraphQLError as exc:
             return [dict(exc.formatted)]
         errors = validate(self._schema, document)
-        if errors:
-            return [_shopify_error(e) for e in errors]
+        checked = [_shopify_error(e) for e in errors] if errors else document
+        if len(self._checked) < MAX_CHECKED_DOCUMENTS:
+            self._checked[query] = checked
+        return checked
+
+    def _plan(self, body: dict[str, Any]) -> PlannedRequest | list[dict[str, Any]]:
+        document = self._checked_document(body["query"])
+        if isinstance(document, list):
+            return [dict(error) for error in document]
         operation = get_operation_ast(document, body.get("operationName"))
         if operation is None:
             return [{"message": "An operation name is required"}]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ssl
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from urllib.parse import parse_qs, urlparse
@@ -199,16 +198,6 @@ async def test_wrong_private_id_is_an_auth_error() -> None:
     await client.aclose()
 
 
-def test_tls_verification_flag_reaches_httpx() -> None:
-    strict = make_client()
-    lax = make_client(verify_tls=False)
-    strict_ctx = strict._http._transport._pool._ssl_context  # type: ignore[attr-defined]
-    lax_ctx = lax._http._transport._pool._ssl_context  # type: ignore[attr-defined]
-    assert strict_ctx.verify_mode == ssl.CERT_REQUIRED
-    assert lax_ctx.verify_mode == ssl.CERT_NONE
-    assert lax.verify_tls is False and strict.verify_tls is True
-
-
 def test_from_settings_maps_every_onsite_setting() -> None:
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
@@ -226,8 +215,6 @@ def test_from_settings_maps_every_onsite_setting() -> None:
     assert client.verify_tls is False
     assert client._http.headers["X-PAPPID"] == PAPPID
     assert client._http.headers["User-Agent"].startswith(f"{APP_ID}/")
-    ctx = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
-    assert ctx.verify_mode == ssl.CERT_NONE
 
 
 def test_from_settings_names_missing_settings() -> None:
