@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.activity import RequestActivity
 from app.logging import configure_logging, get_logger
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
@@ -26,6 +27,8 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     """
     if run_worker is None:
         run_worker = os.environ.get("GIFTSYNC_NO_WORKER", "") == ""
+    # The requests this app answers, which its in-process worker gives way to.
+    activity = RequestActivity()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -38,7 +41,7 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         owned = await build_runtime(settings)
         app.state.runtime = owned
         if run_worker:
-            await owned.start_worker()
+            await owned.start_worker(gives_way_to=activity)
         try:
             yield
         finally:
@@ -52,7 +55,8 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     )
     if runtime is not None:
         app.state.runtime = runtime
-    app.add_middleware(RequestContextMiddleware)
+    app.state.activity = activity
+    app.add_middleware(RequestContextMiddleware, activity=activity)
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(webhooks.router)

@@ -10,6 +10,7 @@ import time
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.activity import RequestActivity
 from app.logging import get_logger
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -26,8 +27,9 @@ log = get_logger("giftsync.http")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, activity: RequestActivity | None = None) -> None:
         self.app = app
+        self.activity = activity or RequestActivity()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -56,7 +58,8 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            with self.activity.request():
+                await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.activity import RequestActivity
 from app.clients.factory import Clients, build_clients
 from app.db.engine import SessionFactory, create_engine, resolve_database_url, session_factory
 from app.db.migrate import upgrade_to_head
@@ -68,8 +69,8 @@ class Runtime:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
-    async def start_worker(self) -> Worker:
-        self.worker = Worker(self.sessions, self.handlers, self.periodic)
+    async def start_worker(self, *, gives_way_to: RequestActivity | None = None) -> Worker:
+        self.worker = Worker(self.sessions, self.handlers, self.periodic, gives_way_to=gives_way_to)
         await self.worker.beat()
         self._tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
         return self.worker

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import text
 
+from app.activity import RequestActivity
 from app.db import jobs
 from app.db.engine import SessionFactory, transaction
 from app.db.locks import lock_key
@@ -57,6 +58,8 @@ class WorkerConfig:
     idle_poll: float = 0.5
     lease: timedelta = timedelta(seconds=60)
     heartbeat_every: float = 5.0
+    give_way_at_most: float = 1.0
+    """Longest a job loop waits for the requests in flight to finish before its next job."""
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Worker:
     handlers: dict[str, JobHandler]
     periodic: list[Periodic] = field(default_factory=list)
     config: WorkerConfig = field(default_factory=WorkerConfig)
+    gives_way_to: RequestActivity | None = None
+    """The HTTP requests of the process this worker runs in (app/activity.py)."""
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     )
@@ -144,6 +149,8 @@ class Worker:
 
     async def _job_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            if self.gives_way_to is not None:
+                await self.gives_way_to.quiet(self.config.give_way_at_most)
             try:
                 async with transaction(self.sessions) as session:
                     claimed = await jobs.claim(

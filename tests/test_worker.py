@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.activity import RequestActivity
 from app.db import jobs
 from app.db.engine import SessionFactory, create_engine, session_factory, transaction
 from app.worker import PermanentJobError, RetryLater, Worker, WorkerConfig, run_as_singleton
@@ -246,3 +247,64 @@ async def test_a_database_error_while_recording_a_result_does_not_kill_the_loop(
         stop.set()
         await task
     assert sorted(ran) == [0, 1]
+
+
+async def test_the_worker_gives_way_to_requests_in_flight(sessions: SessionFactory) -> None:
+    """A job waits while the process answers a request, and starts as soon as it is answered."""
+    activity = RequestActivity()
+    ran_at: list[float] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        ran_at.append(asyncio.get_running_loop().time())
+
+    worker = Worker(
+        sessions,
+        {"probe": handler},
+        config=WorkerConfig(concurrency=2, idle_poll=0.02, give_way_at_most=30.0),
+        gives_way_to=activity,
+    )
+    stop = asyncio.Event()
+    with activity.request():
+        await _enqueue_many(sessions, 1)
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.5)
+        assert ran_at == [], "a job ran while a request was in flight"
+        answered_at = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.timeout(10):
+            while not ran_at:
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    assert ran_at[0] >= answered_at
+
+
+async def test_a_steady_stream_of_requests_slows_jobs_but_never_stalls_them(
+    sessions: SessionFactory,
+) -> None:
+    activity = RequestActivity()
+    runs: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        runs.append(payload["n"])
+
+    worker = Worker(
+        sessions,
+        {"probe": handler},
+        config=WorkerConfig(concurrency=1, idle_poll=0.02, give_way_at_most=0.1),
+        gives_way_to=activity,
+    )
+    stop = asyncio.Event()
+    await _enqueue_many(sessions, 3)
+    with activity.request():  # never quiet while the jobs run
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            async with asyncio.timeout(10):
+                while len(runs) < 3:
+                    await asyncio.sleep(0.01)
+        finally:
+            stop.set()
+            await task
+        assert activity.in_flight == 1
+    assert sorted(runs) == [0, 1, 2]

@@ -38,7 +38,12 @@ async def enqueue(
     run_at: datetime | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> int | None:
-    """Add a job inside the caller's transaction; None when the key was already enqueued."""
+    """Add a job inside the caller's transaction; None when the key was already enqueued.
+
+    No NOTIFY: workers poll (the in-process one is also woken directly), and with nobody
+    listening a NOTIFY would only queue every enqueuing commit behind PostgreSQL's one
+    cluster-wide notification lock.
+    """
     job_id: int | None = await session.scalar(
         text(
             """
@@ -56,8 +61,6 @@ async def enqueue(
             "max_attempts": max_attempts,
         },
     )
-    if job_id is not None:
-        await session.execute(text("SELECT pg_notify('giftsync_jobs', :kind)"), {"kind": kind})
     return job_id
 
 

@@ -71,7 +71,8 @@ def storable_json(payload: dict[str, Any]) -> str:
 
 
 # One statement stores the delivery and queues its processing job, so acknowledging costs one
-# round trip inside its transaction; the job row matches what `jobs.enqueue` writes.
+# round trip inside its transaction; the job row matches what `jobs.enqueue` writes (PostgreSQL
+# runs a data-modifying WITH exactly once, whether or not the outer query reads it).
 _STORE = text(
     """
     WITH delivery AS (
@@ -85,10 +86,8 @@ _STORE = text(
                :max_attempts
         FROM delivery
         ON CONFLICT (idempotency_key) DO NOTHING
-        RETURNING kind
     )
-    SELECT delivery.id, (SELECT count(pg_notify('giftsync_jobs', kind)) FROM job)
-    FROM delivery
+    SELECT id FROM delivery
     """
 )
 
