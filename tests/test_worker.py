@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,19 @@ async def _enqueue_many(sessions: SessionFactory, count: int, kind: str = "probe
     async with transaction(sessions) as session:
         for n in range(count):
             await jobs.enqueue(session, kind, {"n": n}, f"probe:{n}")
+
+
+async def _run_until(worker: Worker, done: Callable[[], bool]) -> None:
+    """Run the worker until `done()` holds (10 s at most), then stop it cleanly."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while not done():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
 
 
 async def _states(engine: AsyncEngine) -> Counter[str]:
@@ -237,15 +251,7 @@ async def test_a_database_error_while_recording_a_result_does_not_kill_the_loop(
     worker = Worker(
         sessions, {"probe": handler}, config=WorkerConfig(concurrency=1, idle_poll=0.02)
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        async with asyncio.timeout(10):
-            while len(ran) < 2:
-                await asyncio.sleep(0.02)
-    finally:
-        stop.set()
-        await task
+    await _run_until(worker, lambda: len(ran) >= 2)
     assert sorted(ran) == [0, 1]
 
 
@@ -263,21 +269,21 @@ async def test_the_worker_gives_way_to_requests_in_flight(sessions: SessionFacto
         config=WorkerConfig(concurrency=2, idle_poll=0.02, give_way_at_most=30.0),
         gives_way_to=activity,
     )
-    stop = asyncio.Event()
-    with activity.request():
-        await _enqueue_many(sessions, 1)
-        task = asyncio.create_task(worker.run(stop))
-        await asyncio.sleep(0.5)
-        assert ran_at == [], "a job ran while a request was in flight"
-        answered_at = asyncio.get_running_loop().time()
-    try:
-        async with asyncio.timeout(10):
-            while not ran_at:
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await task
-    assert ran_at[0] >= answered_at
+    await _enqueue_many(sessions, 1)
+    answered_at = 0.0
+
+    async def answer_a_request() -> None:
+        nonlocal answered_at
+        with activity.request():
+            await asyncio.sleep(0.5)
+            assert ran_at == [], "a job ran while a request was in flight"
+            answered_at = asyncio.get_running_loop().time()
+
+    request = asyncio.create_task(answer_a_request())
+    await asyncio.sleep(0)  # the request is in flight before the worker starts
+    await _run_until(worker, lambda: bool(ran_at))
+    await request
+    assert ran_at[0] >= answered_at > 0
 
 
 async def test_a_steady_stream_of_requests_slows_jobs_but_never_stalls_them(
@@ -295,16 +301,8 @@ async def test_a_steady_stream_of_requests_slows_jobs_but_never_stalls_them(
         config=WorkerConfig(concurrency=1, idle_poll=0.02, give_way_at_most=0.1),
         gives_way_to=activity,
     )
-    stop = asyncio.Event()
     await _enqueue_many(sessions, 3)
     with activity.request():  # never quiet while the jobs run
-        task = asyncio.create_task(worker.run(stop))
-        try:
-            async with asyncio.timeout(10):
-                while len(runs) < 3:
-                    await asyncio.sleep(0.01)
-        finally:
-            stop.set()
-            await task
+        await _run_until(worker, lambda: len(runs) >= 3)
         assert activity.in_flight == 1
     assert sorted(runs) == [0, 1, 2]
