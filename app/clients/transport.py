@@ -64,7 +64,13 @@ class _ResponseBody(httpx.AsyncByteStream):
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._response.close()
             raise _lost_answer(exc, self._request) from exc
+        except BaseException:
+            # Cancelled (a caller's deadline) or abandoned mid-body: the connection cannot be
+            # reused, and must not stay counted against the pool's limit.
+            self._response.close()
+            raise
         self._finished = True
 
     async def aclose(self) -> None:
@@ -107,6 +113,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,
                 skip_auto_headers=_AUTO_HEADERS,
                 timeout=aiohttp.ClientTimeout(total=None),
+                # HTTP(S)_PROXY and NO_PROXY, as httpx's own transport honoured them.
+                trust_env=True,
             )
             self._loop = loop
         return self._session

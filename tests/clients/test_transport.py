@@ -359,3 +359,24 @@ async def test_tls_is_verified_unless_switched_off(tmp_path: Path) -> None:
         assert answer.status_code == 200
     finally:
         await server.stop()
+
+
+async def test_a_deadline_mid_answer_frees_the_connection_for_the_next_call(serve) -> None:  # type: ignore[no-untyped-def]
+    async def stalls_mid_body(
+        request: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if b" /stall " in request:
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial":')
+            await writer.drain()
+            await reader.read()  # never finishes the body
+        else:
+            await ok(request, reader, writer)
+
+    server = await serve(stalls_mid_body)
+    # One connection: if the abandoned call kept it, every later call would wait for it.
+    async with client(timeout=1.0, limits=httpx.Limits(max_connections=1)) as http:
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await http.get(server.url("/stall"))
+        assert (await http.get(server.url("/fine"))).json() == {"ok": True}
