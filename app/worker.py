@@ -60,6 +60,10 @@ class WorkerConfig:
     heartbeat_every: float = 5.0
     give_way_at_most: float = 1.0
     """Longest a job loop waits for the requests in flight to finish before its next job."""
+    concurrency_while_busy: int = 1
+    """Job loops that run while requests keep coming; the others wait for `settled_for`."""
+    settled_for: float = 0.25
+    """How long without a request before every job loop runs again."""
 
 
 @dataclass
@@ -86,7 +90,7 @@ class Worker:
                 for p in self.periodic
             ),
             *(
-                asyncio.create_task(self._job_loop(stop), name=f"jobs:{n}")
+                asyncio.create_task(self._job_loop(stop, n), name=f"jobs:{n}")
                 for n in range(self.config.concurrency)
             ),
         ]
@@ -147,10 +151,11 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat_failed", error=mask_text(str(exc)))
 
-    async def _job_loop(self, stop: asyncio.Event) -> None:
+    async def _job_loop(self, stop: asyncio.Event, index: int = 0) -> None:
+        settled_for = 0.0 if index < self.config.concurrency_while_busy else self.config.settled_for
         while not stop.is_set():
             if self.gives_way_to is not None:
-                await self.gives_way_to.quiet(self.config.give_way_at_most)
+                await self.gives_way_to.quiet(self.config.give_way_at_most, settled_for=settled_for)
             try:
                 async with transaction(self.sessions) as session:
                     claimed = await jobs.claim(

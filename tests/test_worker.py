@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
@@ -306,3 +307,55 @@ async def test_a_steady_stream_of_requests_slows_jobs_but_never_stalls_them(
         await _run_until(worker, lambda: len(runs) >= 3)
         assert activity.in_flight == 1
     assert sorted(runs) == [0, 1, 2]
+
+
+async def test_while_requests_keep_coming_one_job_runs_at_a_time(
+    sessions: SessionFactory,
+) -> None:
+    """Under a stream of requests only the first job loop works; once requests stop, all do."""
+    activity = RequestActivity()
+    running = 0
+    most_at_once: list[int] = []
+
+    async def handler(payload: dict[str, Any]) -> None:
+        nonlocal running
+        running += 1
+        most_at_once.append(running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    config = WorkerConfig(concurrency=3, idle_poll=0.02, give_way_at_most=30.0, settled_for=0.25)
+    answering = True
+
+    async def stream_of_requests() -> None:
+        while answering:
+            with activity.request():
+                await asyncio.sleep(0.004)
+            await asyncio.sleep(0.001)
+
+    stream = asyncio.create_task(stream_of_requests())
+    await _enqueue_many(sessions, 6)
+    busy = Worker(sessions, {"probe": handler}, config=config, gives_way_to=activity)
+    await _run_until(busy, lambda: len(most_at_once) >= 6)
+    answering = False
+    await stream
+    assert max(most_at_once) == 1
+
+    most_at_once.clear()
+    async with transaction(sessions) as session:
+        for n in range(6):
+            await jobs.enqueue(session, "probe", {"n": n}, f"quiet:{n}")
+    idle = Worker(sessions, {"probe": handler}, config=config, gives_way_to=activity)
+    await _run_until(idle, lambda: len(most_at_once) >= 6)
+    assert max(most_at_once) > 1
+
+
+async def test_settled_means_no_request_for_that_long() -> None:
+    activity = RequestActivity()
+    with activity.request():
+        await asyncio.sleep(0)
+    ended = time.monotonic()
+    assert await activity.quiet(at_most=5.0, settled_for=0.2)
+    assert time.monotonic() - ended >= 0.2
+    with activity.request():
+        assert not await activity.quiet(at_most=0.05, settled_for=0.0)
