@@ -58,12 +58,14 @@ class WorkerConfig:
     idle_poll: float = 0.5
     lease: timedelta = timedelta(seconds=60)
     heartbeat_every: float = 5.0
-    give_way_at_most: float = 1.0
-    """Longest a job loop waits for the requests in flight to finish before its next job."""
     concurrency_while_busy: int = 1
-    """Job loops that run while requests keep coming; the others wait for `settled_for`."""
+    """Job loops that run whatever the requests do; the others wait for room (app/activity)."""
     settled_for: float = 0.25
-    """How long without a request before every job loop runs again."""
+    """Room: this long without a request in flight..."""
+    busy_cpu_share: float = 0.8
+    """...or the process using less than this share of its core."""
+    room_at_most: float = 5.0
+    """Longest a job loop waits for room before its next job anyway."""
 
 
 @dataclass
@@ -152,10 +154,15 @@ class Worker:
                 log.warning("heartbeat_failed", error=mask_text(str(exc)))
 
     async def _job_loop(self, stop: asyncio.Event, index: int = 0) -> None:
-        settled_for = 0.0 if index < self.config.concurrency_while_busy else self.config.settled_for
+        # The first loops always run; the rest wait for room beside the process's requests.
+        waits_for = self.gives_way_to if index >= self.config.concurrency_while_busy else None
         while not stop.is_set():
-            if self.gives_way_to is not None:
-                await self.gives_way_to.quiet(self.config.give_way_at_most, settled_for=settled_for)
+            if waits_for is not None:
+                await waits_for.room(
+                    self.config.room_at_most,
+                    settled_for=self.config.settled_for,
+                    cpu_below=self.config.busy_cpu_share,
+                )
             try:
                 async with transaction(self.sessions) as session:
                     claimed = await jobs.claim(

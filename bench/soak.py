@@ -106,6 +106,8 @@ class Sample:
     rss_mib: float
     requests: int
     errors: int
+    jobs_due: int = 0
+    """Jobs due and not yet taken when sampled: whether the worker keeps up under the traffic."""
 
 
 # ---- the simulators, one process each ------------------------------------------------------
@@ -286,6 +288,17 @@ async def start_service(env: dict[str, str], log_path: Path) -> tuple[subprocess
     raise RuntimeError(f"giftsync did not start; see {log_path}")
 
 
+async def jobs_due(dsn: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        due: int = await connection.fetchval(
+            "SELECT count(*) FROM jobs WHERE state = 'queued' AND run_at <= now()"
+        )
+    finally:
+        await connection.close()
+    return due
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -422,7 +435,10 @@ def print_report(tally: Tally, samples: list[Sample], elapsed_s: float, args: An
     print()
     print("  memory (giftsync VmRSS):")
     for sample in samples:
-        print(f"    t={sample.at_s:6.0f} s  {sample.rss_mib:7.1f} MiB  requests {sample.requests}")
+        print(
+            f"    t={sample.at_s:6.0f} s  {sample.rss_mib:7.1f} MiB  requests {sample.requests}"
+            f"  jobs due {sample.jobs_due}"
+        )
     # The first sample is taken after a warm-up; the fit uses every sample from there on.
     if len(samples) >= 3:
         xs = [s.at_s / 60 for s in samples]
@@ -442,7 +458,8 @@ async def drain_and_check(dsn: str, sims: dict[str, int], shoppers: int) -> None
     """Let the worker finish (retries made due at once), then check every hold and card."""
     connection = await asyncpg.connect(dsn)
     try:
-        deadline = time.monotonic() + 120
+        draining_from = time.monotonic()
+        deadline = draining_from + 120
         while time.monotonic() < deadline:
             # Close jobs for lost creates wait out Shopify's search grace; end it now.
             await connection.execute(
@@ -456,6 +473,7 @@ async def drain_and_check(dsn: str, sims: dict[str, int], shoppers: int) -> None
             if not left:
                 break
             await asyncio.sleep(1.0)
+        print(f"  queue drained {time.monotonic() - draining_from:.1f} s after the traffic stopped")
         jobs = await connection.fetch("SELECT kind, state, count(*) AS n FROM jobs GROUP BY 1, 2")
         rows = await connection.fetch(
             "SELECT state, vii_last4, hold_code, hold_amount_minor, applied_amount_minor, "
@@ -589,12 +607,17 @@ async def run(args: argparse.Namespace) -> None:
             while (now := time.monotonic()) < end:
                 await asyncio.sleep(min(args.sample_s, end - now))
                 sample = Sample(
-                    time.monotonic() - started, rss_mib(process.pid), tally.requests, tally.errors
+                    time.monotonic() - started,
+                    rss_mib(process.pid),
+                    tally.requests,
+                    tally.errors,
+                    await jobs_due(plain_dsn(db_url)),
                 )
                 samples.append(sample)
                 print(
                     f"  t={sample.at_s:6.0f} s  {sample.rss_mib:7.1f} MiB  "
-                    f"{sample.requests} requests, {sample.errors} non-200"
+                    f"{sample.requests} requests, {sample.errors} non-200, "
+                    f"{sample.jobs_due} jobs due"
                 )
             stop.set()
             await asyncio.gather(*tasks)
