@@ -338,7 +338,9 @@ async def test_an_error_mid_way_keeps_the_checkpoint_and_the_next_attempt_contin
         await backfill_of(retail, concurrency=2).run(run_id, progress=fail_at)
     stored = await runs.get_run(retail.runtime.sessions, run_id)
     assert stored is not None and stored.status == "running"
-    assert stored.progress["to_shopify"]["processed"] == 5
+    # The failure stops the pass at card 5; the other worker may still count the card it had
+    # finished before it is cancelled. Either way the checkpoint counts only cards handled.
+    assert stored.progress["to_shopify"]["processed"] in (5, 6)
 
     report = await backfill_of(retail).run(run_id)
 
