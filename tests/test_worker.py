@@ -340,6 +340,9 @@ async def test_requests_that_leave_cpu_to_spare_get_every_job_loop(
 async def test_once_requests_stop_every_job_loop_runs_again(sessions: SessionFactory) -> None:
     activity, jobs_seen = RequestActivity(), _Concurrency()
     worker = _busy_worker(sessions, activity, jobs_seen, busy_cpu_share=0.0)
+    with activity.request():
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.3)  # settled: no request for longer than `settled_for`
     await _enqueue_many(sessions, 6)
     await _run_until(worker, lambda: len(jobs_seen.seen) >= 6)
     assert max(jobs_seen.seen) > 1
