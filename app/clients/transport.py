@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -96,6 +97,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # HTTP(S)_PROXY and NO_PROXY, as httpx's own transport honoured them, read once.
+        # (aiohttp's `trust_env` would read them, and ~/.netrc, in a thread on every request.)
+        self._proxies = urllib.request.getproxies_environment()
+
+    def _proxy_for(self, url: httpx.URL) -> str | None:
+        proxy = self._proxies.get(url.scheme)
+        if proxy is None or urllib.request.proxy_bypass(url.host):
+            return None
+        return proxy
 
     def _current_session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
@@ -113,8 +123,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,
                 skip_auto_headers=_AUTO_HEADERS,
                 timeout=aiohttp.ClientTimeout(total=None),
-                # HTTP(S)_PROXY and NO_PROXY, as httpx's own transport honoured them.
-                trust_env=True,
             )
             self._loop = loop
         return self._session
@@ -133,6 +141,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ],
                 data=body or None,
                 allow_redirects=False,
+                proxy=self._proxy_for(request.url) if self._proxies else None,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     # aiohttp's `connect` spans waiting for a pooled connection and opening one.

@@ -380,3 +380,23 @@ async def test_a_deadline_mid_answer_frees_the_connection_for_the_next_call(serv
                 async with asyncio.timeout(0.1):
                     await http.get(server.url("/stall"))
         assert (await http.get(server.url("/fine"))).json() == {"ok": True}
+
+
+async def test_proxies_from_the_environment_are_used_and_no_proxy_is_honoured(
+    serve,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxy = await serve(ok)
+    target = await serve(ok)
+    for name in ("http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url())
+    async with client() as http:
+        assert (await http.get("http://shop.example.test/x")).status_code == 200
+    assert proxy.requests[0].startswith(b"GET http://shop.example.test/x HTTP/1.1")
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    async with client() as http:
+        assert (await http.get(target.url("/direct"))).status_code == 200
+    assert target.requests[0].startswith(b"GET /direct HTTP/1.1")
+    assert len(proxy.requests) == 1
