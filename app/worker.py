@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from app.activity import RequestActivity
 from app.db import jobs
-from app.db.engine import SessionFactory, transaction
+from app.db.engine import SessionFactory, autocommit_connection, transaction
 from app.db.locks import lock_key
 from app.logging import get_logger, mask_text
 from app.metrics import JOBS_FINISHED
@@ -153,7 +153,7 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat_failed", error=mask_text(str(exc)))
 
-    async def _job_loop(self, stop: asyncio.Event, index: int = 0) -> None:
+    async def _job_loop(self, stop: asyncio.Event, index: int) -> None:
         # The first loops always run; the rest wait for room beside the process's requests.
         waits_for = self.gives_way_to if index >= self.config.concurrency_while_busy else None
         while not stop.is_set():
@@ -235,9 +235,7 @@ async def run_as_singleton(
     A session-level lock on a dedicated connection, not a transaction lock: the work may take
     many transactions, and if this process dies its connection closes and the lock is freed.
     """
-    engine = sessions.kw["bind"]
-    async with engine.connect() as connection:
-        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit_connection(sessions) as autocommit:
         key = lock_key(f"singleton:{name}")
         got = await autocommit.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
         if not got:

@@ -102,6 +102,8 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._proxies = urllib.request.getproxies_environment()
 
     def _proxy_for(self, url: httpx.URL) -> str | None:
+        if not self._proxies:
+            return None  # the usual case: nothing configured, nothing to look up per request
         proxy = self._proxies.get(url.scheme)
         if proxy is None or urllib.request.proxy_bypass(url.host):
             return None
@@ -141,7 +143,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ],
                 data=body or None,
                 allow_redirects=False,
-                proxy=self._proxy_for(request.url) if self._proxies else None,
+                proxy=self._proxy_for(request.url),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     # aiohttp's `connect` spans waiting for a pooled connection and opening one.

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -94,3 +95,15 @@ async def transaction(sessions: SessionFactory) -> AsyncIterator[AsyncSession]:
     """Commit on success, roll back on any error; callers flush, never commit."""
     async with sessions() as session, session.begin():
         yield session
+
+
+@asynccontextmanager
+async def autocommit_connection(sessions: SessionFactory) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection of its own on which each statement commits by itself.
+
+    For one statement that is atomic alone (no BEGIN and COMMIT round trips), and for work that
+    must outlive transactions: session-level advisory locks, temporary tables.
+    """
+    engine: AsyncEngine = sessions.kw["bind"]
+    async with engine.connect() as connection:
+        yield await connection.execution_options(isolation_level="AUTOCOMMIT")

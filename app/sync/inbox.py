@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import text
 
 from app.db import jobs
-from app.db.engine import SessionFactory, transaction
+from app.db.engine import SessionFactory, autocommit_connection, transaction
 from app.logging import get_logger
 
 log = get_logger(__name__)
@@ -108,9 +108,7 @@ async def store_delivery(
     acknowledgement costs one round trip to PostgreSQL instead of three (BEGIN, it, COMMIT),
     and it is durable when the statement returns, before the answer leaves.
     """
-    engine = sessions.kw["bind"]
-    async with engine.connect() as connection:
-        autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit_connection(sessions) as autocommit:
         stored = (
             await autocommit.execute(
                 _STORE,

@@ -54,7 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.clients.errors import UpstreamError, UpstreamRejected
 from app.clients.shopify import ShopifyGiftCard, ShopifyNotFound
 from app.db import jobs
-from app.db.engine import SessionFactory, transaction
+from app.db.engine import SessionFactory, autocommit_connection, transaction
 from app.db.locks import lock_for_transaction
 from app.logging import get_logger, mask_text
 from app.metrics import (
@@ -383,10 +383,8 @@ class _Execution:
     # --- the run ------------------------------------------------------------------------------
 
     async def execute(self) -> None:
-        engine = self.r.sessions.kw["bind"]
-        async with engine.connect() as connection:
-            # Temporary tables live as long as the connection; each statement commits alone.
-            conn = await connection.execution_options(isolation_level="AUTOCOMMIT")
+        # Temporary tables live as long as the connection; each statement commits alone.
+        async with autocommit_connection(self.r.sessions) as conn:
             try:
                 await self._timed("capture", self._capture(conn))
                 if self.full:
