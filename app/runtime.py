@@ -9,6 +9,7 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from app.db.tokens import DbTokenStore, TokenSet
 from app.logging import get_logger
 from app.sandbox.runner import Sandbox, point_settings_at, seed_all, start_sandbox
 from app.settings import Settings
+from app.sync import shadow
 from app.sync.inbox import TopicHandler
 from app.sync.omni import OmniSync
-from app.sync.shadow_cards import ShadowCardService
+from app.sync.shadow.gate import CardGate
 from app.worker import JobHandler, Periodic, Worker
 
 log = get_logger(__name__)
@@ -61,8 +63,8 @@ class Runtime:
     handlers: dict[str, JobHandler] = field(default_factory=dict)
     periodic: list[Periodic] = field(default_factory=list)
     worker: Worker | None = None
-    topic_handlers: dict[str, TopicHandler] = field(default_factory=dict)
-    shadow_cards: ShadowCardService | None = None
+    topic_handlers: dict[str, tuple[TopicHandler, ...]] = field(default_factory=dict)
+    shadow: shadow.ShadowDeps | None = None
     omni: OmniSync | None = None
     clients: Clients | None = None
     sandbox: Sandbox | None = None
@@ -98,23 +100,8 @@ def install_features(runtime: Runtime) -> None:
     runtime.handlers[inbox.PROCESS_JOB] = process_webhook
     # Each feature chains onto the topics it shares; installing again starts from scratch.
     runtime.topic_handlers.clear()
-    if runtime.shadow_cards is not None:
-        from app.sync import shadow_cards
-
-        service = runtime.shadow_cards
-        runtime.handlers[shadow_cards.CLOSE_JOB] = service.close
-        runtime.handlers[shadow_cards.UNDO_JOB] = service.undo
-
-        async def expire() -> None:
-            while await service.expire_due():
-                pass
-
-        runtime.periodic = [p for p in runtime.periodic if p.name != "shadow-expiry"]
-        runtime.periodic.append(Periodic("shadow-expiry", timedelta(seconds=30), expire))
-
-        from app.sync.shadow_capture import install_capture
-
-        install_capture(runtime)
+    if runtime.shadow is not None:
+        _install_shadow(runtime, runtime.shadow)
     if runtime.omni is not None:
         from app.sync.omni_polling import install_omni
 
@@ -125,6 +112,25 @@ def install_features(runtime: Runtime) -> None:
 
     install_reconcile(runtime)
     install_backfill(runtime)
+
+
+def _install_shadow(runtime: Runtime, deps: shadow.ShadowDeps) -> None:
+    from app.sync.shadow import orders
+
+    runtime.handlers[shadow.CLOSE_JOB] = partial(shadow.close_job, deps)
+    runtime.handlers[shadow.RECOVER_JOB] = partial(shadow.recover_job, deps)
+    runtime.handlers[shadow.UNDO_JOB] = partial(shadow.undo_job, deps)
+
+    async def expire() -> None:
+        while await shadow.expire_due(deps):
+            pass
+
+    runtime.periodic = [p for p in runtime.periodic if p.name != "shadow-expiry"]
+    runtime.periodic.append(Periodic("shadow-expiry", timedelta(seconds=30), expire))
+    runtime.topic_handlers["orders/paid"] = (partial(orders.on_order_paid, deps),)
+    runtime.topic_handlers["order_transactions/create"] = (partial(orders.on_transaction, deps),)
+    runtime.topic_handlers["refunds/create"] = (partial(orders.on_refund, deps),)
+    runtime.topic_handlers["orders/cancelled"] = (partial(orders.on_order_cancelled, deps),)
 
 
 async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -155,7 +161,9 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         sandbox=sandbox,
     )
     if clients.vii is not None and clients.shopify is not None:
-        runtime.shadow_cards = ShadowCardService(sessions, settings, clients.vii, clients.shopify)
+        runtime.shadow = shadow.ShadowDeps.build(
+            sessions, CardGate(engine), settings, clients.vii, clients.shopify
+        )
     if clients.shopify is not None:
         from app.sync.pos_factory import build_pos
 

@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     max_cart_total: Money = Decimal("10000.00")
     currency: str = "AUD"
 
+    trusted_proxies: str = ""
+    """Addresses or CIDRs, comma-separated, whose X-Forwarded-For is believed."""
+
     sandbox: bool | None = None
     log_level: str = "INFO"
     log_json: bool = True

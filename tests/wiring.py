@@ -14,7 +14,8 @@ from app.runtime import Runtime, install_features
 from app.sandbox.faults import Faults
 from app.sandbox.shopify import ShopifySimulator
 from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
-from app.sync.shadow_cards import ShadowCardService
+from app.sync.shadow import ShadowDeps
+from app.sync.shadow.gate import CardGate
 
 
 @dataclass
@@ -44,11 +45,13 @@ async def shadow_upstreams(
     shop = ShopifyClient(
         "http://shop.sim",
         "shpat_sandbox_token",
-        "2025-01",
+        "2026-07",
         timeout=2.0,
         transport=httpx.ASGITransport(app=shop_sim.app),
     )
-    runtime.shadow_cards = ShadowCardService(runtime.sessions, runtime.settings, vii, shop)
+    runtime.shadow = ShadowDeps.build(
+        runtime.sessions, CardGate(runtime.engine), runtime.settings, vii, shop
+    )
     install_features(runtime)
     try:
         yield Upstreams(vii_sim, shop_sim, vii, shop)

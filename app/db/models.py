@@ -115,12 +115,22 @@ class SyncBase(Base):
 
 
 class ShadowCard(Base):
-    """A Shopify card standing in for a Vii hold during one checkout."""
+    """A Shopify card standing in for a Vii hold during one checkout.
+
+    `pending` is the durable intent written before the hold is placed (the worker completes or
+    reverses it); `applied` is live; `captured`, `released`, `expired` and `abandoned` say why it
+    was closed. A closed card keeps its PIN until `settled_at`: Vii needs it to capture.
+    """
 
     __tablename__ = "shadow_cards"
     __table_args__ = (
-        CheckConstraint("state IN ('applied', 'captured', 'released', 'expired')", name="state"),
-        CheckConstraint("state = 'applied' OR pin_ciphertext IS NULL", name="pin_only_while_open"),
+        CheckConstraint(
+            "state IN ('pending', 'applied', 'captured', 'released', 'expired', 'abandoned')",
+            name="state",
+        ),
+        CheckConstraint(
+            "settled_at IS NULL OR pin_ciphertext IS NULL", name="pin_only_until_settled"
+        ),
         Index(
             "uq_shadow_cards_live_checkout_card",
             "checkout_token",
@@ -129,6 +139,7 @@ class ShadowCard(Base):
             postgresql_where=text("state = 'applied'"),
         ),
         Index("ix_shadow_cards_state_expires_at", "state", "expires_at"),
+        Index("ix_shadow_cards_unsettled", "state", postgresql_where=text("settled_at IS NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID, primary_key=True, default=uuid.uuid4)
@@ -138,22 +149,47 @@ class ShadowCard(Base):
     vii_last4: Mapped[str] = mapped_column(String(4))
     hold_code: Mapped[str | None] = mapped_column(String(64))
     hold_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    hold_tran_id: Mapped[str | None] = mapped_column(String(64))
+    """The viiTranId of the last pre-authorisation sent: Undo reverses it if its answer was lost."""
     pin_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     shopify_gift_card_id: Mapped[str | None] = mapped_column(String(255))
     shopify_code_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
     shopify_code_last4: Mapped[str | None] = mapped_column(String(4))
+    apply_token_hash: Mapped[str | None] = mapped_column(String(64))
+    """Keyed hash of the token the first apply returned; it stands in for the PIN on re-sizes."""
     applied_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    loaded_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """Net amount giftsync put on the Shopify card (create + credits - debits): spent = this -
+    balance."""
     vii_balance_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
     card_number_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
-    """Vii needs the number to capture or cancel; sealed like the PIN, erased when the hold closes."""
+    """Vii needs the number to capture or cancel; sealed like the PIN, erased when settled."""
     version: Mapped[int] = mapped_column(Integer, server_default="0")
     applied_unconfirmed: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    """A re-size whose outcome Shopify never confirmed: the next call reads the card first."""
+    """A Shopify move whose outcome is unknown: it is looked up before the next move."""
+    unconfirmed_move_key: Mapped[str | None] = mapped_column(String(255))
+    unconfirmed_move_minor: Mapped[int | None] = mapped_column(BigInteger)
     captured_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
     state: Mapped[str] = mapped_column(String(16), server_default="applied")
     expires_at: Mapped[datetime]
+    settled_at: Mapped[datetime | None]
+    final_balance_minor: Mapped[int | None] = mapped_column(BigInteger)
+    refunds_on_card_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """Refunds Shopify credited to the card before it was deactivated (netted by the capture)."""
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class CardLockout(Base):
+    """A Vii card locked after too many wrong PINs in a day; only an operator clears it."""
+
+    __tablename__ = "card_lockouts"
+
+    vii_card_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    vii_last4: Mapped[str] = mapped_column(String(4))
+    locked_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    cleared_at: Mapped[datetime | None]
+    cleared_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class WebhookDelivery(Base):

@@ -1,4 +1,4 @@
-"""`POST /check-balance` and `POST /check-balance/release` (DESIGN 3), thin over shadow_cards."""
+"""`POST /check-balance` and `POST /check-balance/release` (DESIGN 3), thin over `sync.shadow`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from app.money import parse_amount
 from app.problems import Problem, problem_schema
-from app.sync.shadow_cards import ApplyRequest, ShadowCardError, ShadowCardService
+from app.routers.client import client_address, parse_trusted
+from app.sync import shadow
+from app.sync.shadow import ApplyRequest, ShadowCardError, ShadowDeps
 
 router = APIRouter(tags=["checkout"])
 
@@ -31,6 +33,7 @@ class CheckBalanceBody(BaseModel):
     viiCardPin: str | None = Field(default=None, repr=False)
     cartTotal: Amount
     checkoutToken: str | None = None
+    applyToken: str | None = Field(default=None, repr=False, max_length=128)
 
     @field_validator("viiCardNumber")
     @classmethod
@@ -63,6 +66,7 @@ class CheckBalanceAnswer(BaseModel):
     viiBalance: str
     availableBalance: str
     expiresAt: str
+    applyToken: str | None = None
 
 
 class ReleaseBody(BaseModel):
@@ -77,8 +81,8 @@ def _problem(error: ShadowCardError) -> Problem:
     return Problem(error.status, error.code, error.detail, headers=headers)
 
 
-def _service(request: Request) -> ShadowCardService:
-    service: ShadowCardService | None = getattr(request.app.state.runtime, "shadow_cards", None)
+def _service(request: Request) -> ShadowDeps:
+    service: ShadowDeps | None = getattr(request.app.state.runtime, "shadow", None)
     if service is None:
         raise Problem(
             503, "vii_unavailable", "Vii is not configured.", headers={"Retry-After": "60"}
@@ -91,13 +95,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     403: problem_schema("`invalid_card_or_pin` (never says which)"),
     409: problem_schema("`card_not_active` or `pin_required`"),
     422: problem_schema("`invalid_request`"),
-    429: problem_schema("`too_many_attempts`, with Retry-After"),
+    423: problem_schema("`card_locked`: too many wrong PINs; an operator must clear it"),
+    429: problem_schema("`too_many_attempts` or `busy`, with Retry-After"),
     503: problem_schema("`vii_unavailable` or `shopify_unavailable`, with Retry-After"),
 }
 
 
 @router.post("/check-balance", response_model=CheckBalanceAnswer, responses=_ERRORS)
-async def check_balance(body: CheckBalanceBody, request: Request) -> CheckBalanceAnswer:
+async def check_balance(
+    body: CheckBalanceBody, request: Request, response: Response
+) -> CheckBalanceAnswer:
     settings = request.app.state.runtime.settings
     if body.cartTotal <= 0 or body.cartTotal > settings.max_cart_total:
         raise Problem(
@@ -105,19 +112,23 @@ async def check_balance(body: CheckBalanceBody, request: Request) -> CheckBalanc
             "invalid_request",
             f"cartTotal: must be above 0.00 and at most {settings.max_cart_total:.2f}",
         )
-    client_address = request.client.host if request.client else "unknown"
+    client = client_address(request, parse_trusted(settings.trusted_proxies))
     try:
-        result = await _service(request).apply(
+        result = await shadow.apply(
+            _service(request),
             ApplyRequest(
                 card_number=body.viiCardNumber,
                 pin=body.viiCardPin,
                 cart_total=body.cartTotal,
                 checkout_token=body.checkoutToken,
-                client_address=client_address,
-            )
+                client=client,
+                apply_token=body.applyToken,
+            ),
         )
     except ShadowCardError as error:
         raise _problem(error) from None
+    # The answer carries a spendable code: no cache anywhere may keep it.
+    response.headers["Cache-Control"] = "no-store"
     return CheckBalanceAnswer(
         amountApplied=f"{result.amount_applied:.2f}",
         shopifyGiftCardCode=result.code,
@@ -127,6 +138,7 @@ async def check_balance(body: CheckBalanceBody, request: Request) -> CheckBalanc
         viiBalance=f"{result.vii_balance:.2f}",
         availableBalance=f"{result.available_balance:.2f}",
         expiresAt=result.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        applyToken=result.apply_token,
     )
 
 
@@ -139,7 +151,7 @@ async def check_balance(body: CheckBalanceBody, request: Request) -> CheckBalanc
 )
 async def release(body: ReleaseBody, request: Request) -> dict[str, bool]:
     try:
-        await _service(request).release(body.checkoutToken, body.shopifyGiftCardCode)
+        await shadow.release(_service(request), body.checkoutToken, body.shopifyGiftCardCode)
     except ShadowCardError as error:
         raise _problem(error) from None
     return {"released": True}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +23,10 @@ from app.logging import get_logger
 log = get_logger(__name__)
 
 PROCESS_JOB = "webhook.process"
+TOPIC_PAID = "orders/paid"
+TOPIC_CANCELLED = "orders/cancelled"
+TOPIC_TRANSACTION = "order_transactions/create"
+TOPIC_REFUND = "refunds/create"
 TopicHandler = Callable[[dict[str, Any], "Delivery"], Awaitable[None]]
 
 
@@ -140,9 +144,9 @@ _MARK_PROCESSED = text(
 
 
 async def process_delivery(
-    sessions: SessionFactory, handlers: dict[str, TopicHandler], delivery_id: int
+    sessions: SessionFactory, handlers: Mapping[str, Sequence[TopicHandler]], delivery_id: int
 ) -> None:
-    """Run the topic's handler (idempotent by design) and mark the delivery processed."""
+    """Run the topic's handlers in order (each idempotent) and mark the delivery processed."""
     async with sessions() as session:
         row = (await session.execute(_LOAD, {"id": delivery_id})).one_or_none()
     if row is None or row.processed_at is not None:
@@ -150,10 +154,10 @@ async def process_delivery(
     delivery = Delivery(
         row.id, row.webhook_id, row.event_id, row.topic, row.shop_domain, row.triggered_at
     )
-    handler = handlers.get(delivery.topic)
-    if handler is not None:
+    topic_handlers = handlers.get(delivery.topic, ())
+    for handler in topic_handlers:
         await handler(row.payload, delivery)
-    else:
+    if not topic_handlers:
         log.info("webhook_topic_stored_only", topic=delivery.topic)
     async with transaction(sessions) as session:
         await session.execute(_MARK_PROCESSED, {"id": delivery_id})

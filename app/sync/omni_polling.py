@@ -19,7 +19,7 @@ from app.db.engine import SessionFactory, transaction
 from app.logging import get_logger
 from app.sync.inbox import Delivery, TopicHandler
 from app.sync.omni import CURSOR_OVERLAP, SHOPIFY, OmniSync
-from app.sync.shadow_capture import ChainedTopicHandler, payment_from_rest
+from app.sync.shadow.payments import payment_from_rest
 from app.worker import Periodic, run_as_singleton
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class OmniPollers:
 def install_omni(runtime: Runtime, omni: OmniSync) -> OmniPollers:
     """Register omni's jobs, pollers and topics on the runtime (replacing earlier ones)."""
     from app.sync import omni as flows
-    from app.sync.shadow_capture import TOPIC_PAID, TOPIC_REFUND, TOPIC_TRANSACTION
+    from app.sync.inbox import TOPIC_PAID, TOPIC_REFUND, TOPIC_TRANSACTION
 
     pollers = OmniPollers(runtime.sessions, omni, omni.shopify)
     runtime.handlers[flows.SYNC_JOB] = omni.run_sync
@@ -215,7 +215,5 @@ def install_omni(runtime: Runtime, omni: OmniSync) -> OmniPollers:
         "gift_cards/update": pollers.on_gift_card,
     }
     for topic, handler in topics.items():
-        runtime.topic_handlers[topic] = ChainedTopicHandler(
-            runtime.topic_handlers.get(topic), handler
-        )
+        runtime.topic_handlers[topic] = (*runtime.topic_handlers.get(topic, ()), handler)
     return pollers

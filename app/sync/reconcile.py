@@ -80,7 +80,7 @@ from app.sync.omni import (
 )
 from app.sync.pos import PosCard
 from app.sync.runs import RECONCILE_JOB, ReconcileParams, RunReporter
-from app.sync.shadow_cards import CLOSE_JOB
+from app.sync.shadow.lifecycle import CLOSE_JOB
 from app.worker import Periodic, RetryLater, run_as_singleton
 
 if TYPE_CHECKING:
@@ -1389,7 +1389,7 @@ def shopify_of(runtime: Runtime) -> ReconcileShopify | None:
     candidates: Iterable[object] = (
         runtime.clients.shopify if runtime.clients is not None else None,
         runtime.omni.shopify if runtime.omni is not None else None,
-        runtime.shadow_cards.shopify if runtime.shadow_cards is not None else None,
+        runtime.shadow.shopify if runtime.shadow is not None else None,
     )
     for candidate in candidates:
         if candidate is not None and isinstance(candidate, ReconcileShopify):
