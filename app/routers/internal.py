@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from app.crypto import constant_time_equal
 from app.money import format_minor
 from app.problems import Problem, problem_schema
-from app.sync import operator, runs
+from app.sync import operator, runs, shadow
 from app.sync.operator import CardDetail, CardMatch, JobState, JobSummary
 from app.sync.runs import BackfillRequest, RunView
 
@@ -467,3 +467,30 @@ async def card_detail(request: Request, card_id: uuid.UUID) -> CardAnswer:
     if card is None:
         raise Problem(404, "not_found", f"No card {card_id}.")
     return CardAnswer.of(card)
+
+
+class LockoutClearBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", hide_input_in_errors=True)
+
+    viiCardNumber: str = Field(repr=False, pattern=r"^[0-9]{12,19}$")
+
+
+class LockoutClearAnswer(BaseModel):
+    cleared: bool
+    """False when the card was neither locked nor had failed PINs on record."""
+
+
+@router.post(
+    "/lockouts/clear",
+    response_model=LockoutClearAnswer,
+    responses={422: _INVALID, 503: problem_schema("`vii_unavailable`: Vii is not configured.")},
+)
+async def clear_lockout(request: Request, body: LockoutClearBody) -> LockoutClearAnswer:
+    """Unlock a Vii card locked after too many wrong PINs, and forget its failures."""
+    deps = request.app.state.runtime.shadow
+    if deps is None:
+        raise Problem(503, "vii_unavailable", "Vii is not configured.")
+    vii_hash = deps.secrets.card_hash(body.viiCardNumber)
+    async with deps.sessions() as session:
+        cleared = await shadow.clear_lockout(session, vii_hash, operator="admin")
+    return LockoutClearAnswer(cleared=cleared)

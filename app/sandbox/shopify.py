@@ -621,7 +621,7 @@ class ShopifySimulator:
 
     def create_order(
         self,
-        gift_card_payments: list[tuple[str, Decimal]],
+        gift_card_payments: list[tuple[str, Decimal]] | list[tuple[str, Decimal, str]],
         gift_card_purchases: list[Decimal] | None = None,
         name: str | None = None,
         shipping_name: str | None = None,
@@ -631,12 +631,23 @@ class ShopifySimulator:
 
         Returns the order's ids, the purchased cards, and the webhook payloads Shopify sends
         (`orders/paid` without transactions; one `order_transactions/create` per payment).
+        A payment may name its transaction status (OrderTransactionStatus: SUCCESS, FAILURE,
+        PENDING); only a successful gift card sale takes money off the card. Shopify's pages do
+        not say when a pending gift card sale debits the card: here, when it succeeds
+        (`settle_pending`), so a capture taken for a pending or failed sale shows as a loss.
         """
         shop = self.shop
         purchases = [Decimal(p) for p in gift_card_purchases or []]
-        cards = [(shop.card(card_id), Decimal(amount)) for card_id, amount in gift_card_payments]
-        for card, amount in cards:
-            if not card.enabled or amount <= 0 or amount > card.balance:
+        cards = [
+            (
+                shop.card(payment[0]),
+                Decimal(payment[1]),
+                payment[2] if len(payment) > 2 else "SUCCESS",
+            )
+            for payment in gift_card_payments
+        ]
+        for card, amount, status in cards:
+            if status == "SUCCESS" and (not card.enabled or amount <= 0 or amount > card.balance):
                 raise ValueError(f"gift card {card.id} cannot pay {amount}")
         customer = None
         if email:
@@ -651,7 +662,7 @@ class ShopifySimulator:
             currency=shop.currency,
             created_at=shop.now(),
         )
-        paid_by_cards = sum((amount for _, amount in cards), Decimal(0))
+        paid_by_cards = sum((amount for _, amount, _ in cards), Decimal(0))
         merchandise = max(paid_by_cards - sum(purchases, Decimal(0)), Decimal(0))
         if merchandise > 0:
             order.line_items.append(
@@ -662,9 +673,10 @@ class ShopifySimulator:
                 LineItemState(shop.new_id(), f"Gift card {price:.2f}", 1, price, True)
             )
         shop.orders[order.id] = order
-        for card, amount in cards:
-            shop.move(card.id, "debit", amount, card.currency, note=f"Order {order.name}")
-            self._add_order_txn(order, "SALE", amount, card, None)
+        for card, amount, status in cards:
+            if status == "SUCCESS":
+                shop.move(card.id, "debit", amount, card.currency, note=f"Order {order.name}")
+            self._add_order_txn(order, "SALE", amount, card, None, status=status)
         rest = sum((i.price for i in order.line_items), Decimal(0)) - paid_by_cards
         if rest > 0:
             # Gift cards cannot pay for gift cards; the shopper paid the rest another way.
@@ -732,6 +744,21 @@ class ShopifySimulator:
             },
         }
 
+    def settle_pending(self, txn_id: str | int, *, success: bool) -> dict[str, Any]:
+        """A pending gift card sale ends: it debits the card only if it succeeds (and the card
+        can still pay; a deactivated card cannot). Returns the `order_transactions/create` body."""
+        txn = self.shop.order_transactions[parse_gid(txn_id, "OrderTransaction") or 0]
+        if txn.status != "PENDING":
+            raise ValueError(f"transaction {txn.id} is {txn.status}, not PENDING")
+        card = self.shop.card(txn.receipt["gift_card_id"])
+        if success and card.enabled and txn.amount <= card.balance:
+            order = self.shop.orders[txn.order_id]
+            self.shop.move(card.id, "debit", txn.amount, card.currency, note=f"Order {order.name}")
+            txn.status = "SUCCESS"
+        else:
+            txn.status = "FAILURE"
+        return self._transaction_payload(txn)
+
     def _add_order_txn(
         self,
         order: OrderState,
@@ -739,12 +766,14 @@ class ShopifySimulator:
         amount: Decimal,
         card: GiftCardState | None,
         parent_id: int | None,
+        *,
+        status: str = "SUCCESS",
     ) -> OrderTxnState:
         txn = OrderTxnState(
             id=self.shop.new_id(),
             order_id=order.id,
             kind=kind,
-            status="SUCCESS",
+            status=status,
             gateway="gift_card" if card else "manual",
             amount=amount,
             currency=card.currency if card else order.currency,

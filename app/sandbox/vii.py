@@ -9,6 +9,7 @@ under asyncio concurrency. Response codes are this simulator's own (no public li
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 
 # Building only: requests are parsed with defusedxml.
@@ -102,6 +103,14 @@ class ViiSimulator:
         self.garbage_body: bytes | None = None
         """When set, every answer is replaced by these bytes (after the request is applied)."""
         self.request_count = 0
+        self.capture_frees_rest = True
+        """No source says whether a capture with PreAuthCode frees what it did not take. True:
+        the hold closes (the rest is free again). False: the rest stays held until cancelled."""
+        self.barrier: asyncio.Event | None = None
+        """When set, requests for `barrier_cards` (all, if empty) wait here, counted in
+        `waiting`, until a test releases them: concurrency without timing."""
+        self.barrier_cards: set[str] = set()
+        self.waiting = 0
         self._cards: dict[str, _Card] = {}
         self._holds: dict[str, _Hold] = {}
         self._processed: dict[str, _Processed] = {}
@@ -187,6 +196,12 @@ class ViiSimulator:
 
     async def _handle(self, body: bytes) -> Response:
         self.request_count += 1
+        if self.barrier is not None and self._held_back(body):
+            self.waiting += 1
+            try:
+                await self.barrier.wait()
+            finally:
+                self.waiting -= 1
         if self.faults.force_throttle:
             return Response("Too many requests", status_code=429, headers={"Retry-After": "1"})
         await self.faults.delay()
@@ -202,6 +217,12 @@ class ViiSimulator:
         if self.garbage_body is not None:
             return Response(self.garbage_body, media_type="text/xml")
         return _xml(answer)
+
+    def _held_back(self, body: bytes) -> bool:
+        if not self.barrier_cards:
+            return True
+        fields = _parse(body) or {}
+        return fields.get("CardNumber") in self.barrier_cards
 
     # --- Vii semantics -------------------------------------------------------------------------
 
@@ -273,8 +294,10 @@ class ViiSimulator:
                     "Insufficient funds: amount exceeds the pre-authorised amount",
                     Amount=_money(amount),
                 )
-            # Capture closes the hold; whatever it held beyond `amount` is free again.
-            hold.state = "captured"
+            if self.capture_frees_rest or amount == hold.amount:
+                hold.state = "captured"
+            else:
+                hold.amount -= amount
         elif amount > self._available(card):
             raise _Declined(INSUFFICIENT_FUNDS, "Insufficient funds", Amount=_money(amount))
         card.balance -= amount

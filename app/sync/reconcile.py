@@ -80,7 +80,7 @@ from app.sync.omni import (
 )
 from app.sync.pos import PosCard
 from app.sync.runs import RECONCILE_JOB, ReconcileParams, RunReporter
-from app.sync.shadow.lifecycle import CLOSE_JOB
+from app.sync.shadow.lifecycle import CLOSE_JOB, request_close
 from app.worker import Periodic, RetryLater, run_as_singleton
 
 if TYPE_CHECKING:
@@ -487,7 +487,8 @@ class _Execution:
                 )
                 SELECT sc.id AS shadow_id, sc.card_id, sc.state, sc.shopify_gift_card_id AS shopify_id,
                        sc.hold_code IS NOT NULL AS has_hold, sc.applied_amount_minor,
-                       sc.vii_last4, busy.shadow_id IS NOT NULL AS busy
+                       sc.vii_last4, busy.shadow_id IS NOT NULL AS busy,
+                       sc.settled_at IS NOT NULL AS settled
                 FROM shadow_cards sc
                 LEFT JOIN busy ON busy.shadow_id = sc.id::text
                 WHERE sc.shopify_gift_card_id IS NOT NULL
@@ -1022,7 +1023,7 @@ class _Execution:
                 text(
                     """
                     SELECT r.shadow_id, r.card_id, r.state, r.shopify_id, r.has_hold,
-                           r.applied_amount_minor, r.vii_last4,
+                           r.applied_amount_minor, r.vii_last4, r.settled,
                            s.id IS NOT NULL AS found, s.enabled, s.balance_minor, s.last4
                     FROM rc_shadow r
                     LEFT JOIN rc_shopify s ON s.id = r.shopify_id
@@ -1061,6 +1062,12 @@ class _Execution:
             "vii_last4": row.vii_last4,
             "repair": "deactivate the Shopify card",
         }
+        if not row.settled:
+            # Its close never finished: the close job deactivates, then captures what the
+            # card spent. Deactivating alone would free money the card may have spent.
+            evidence["repair"] = "finish the shadow close job"
+            await self._close_shadow(row, "orphan_shadow_card", subject, evidence)
+            return
         await self._deactivate_orphan(subject, row.card_id, row.shopify_id, evidence)
 
     async def _deactivate_orphan(
@@ -1129,40 +1136,38 @@ class _Execution:
             self._would_be("hold_without_card", subject, row.card_id, evidence)
             self._repaired_with("hold_without_card")
             return
+        await self._close_shadow(row, "hold_without_card", subject, evidence)
+
+    async def _close_shadow(
+        self, row: Any, finding_type: str, subject: str, evidence: dict[str, Any]
+    ) -> None:
+        """Repair through the shadow card's own close: deactivate, capture what was spent."""
+        if self.dry_run:
+            self._would_be(finding_type, subject, row.card_id, evidence)
+            self._repaired_with(finding_type)
+            return
         async with transaction(self.r.sessions) as session:
-            await lock_for_transaction(session, f"shadow:{row.shadow_id}")
-            # The close job deactivates first, then keeps the hold if the card was spent
-            # (capture pending) and cancels it otherwise: the same path as an abandoned cart.
-            retired = await session.scalar(
-                text(
-                    """
-                    UPDATE shadow_cards SET state = 'released', pin_ciphertext = NULL,
-                                            updated_at = now()
-                    WHERE id = :id AND state = 'applied'
-                    RETURNING id
-                    """
-                ),
-                {"id": row.shadow_id},
-            )
-            if retired is None:
-                # Retired meanwhile by its own flow, whose close job does the rest.
+            closing = await request_close(session, row.shadow_id, "released")
+            if not closing and row.state == "applied":
+                # Closed meanwhile by its own flow, whose close job does the rest.
                 self._count("in_sync")
                 return
+            if not closing:
+                await jobs.enqueue(
+                    session,
+                    CLOSE_JOB,
+                    {"shadow_id": str(row.shadow_id)},
+                    f"shadow:{row.shadow_id}:close:reconcile:{self.run_id}",
+                )
             await runs.record_finding(
                 session,
                 self.run_id,
-                finding_type="hold_without_card",
+                finding_type=finding_type,
                 subject=subject,
                 card_id=row.card_id,
                 evidence=evidence,
             )
-            await jobs.enqueue(
-                session,
-                CLOSE_JOB,
-                {"shadow_id": str(row.shadow_id)},
-                f"shadow:{row.shadow_id}:close",
-            )
-        self._repaired_with("hold_without_card")
+        self._repaired_with(finding_type)
 
     # --- 5. upstream cards that giftsync made but no longer links ---------------------------
 
