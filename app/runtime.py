@@ -133,25 +133,15 @@ def _install_shadow(runtime: Runtime, deps: shadow.ShadowDeps) -> None:
     runtime.topic_handlers["orders/cancelled"] = (partial(orders.on_order_cancelled, deps),)
 
 
-async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
-    settings = with_sandbox_secrets(settings)
-    database_url = await asyncio.to_thread(resolve_database_url, settings)
-    engine = create_engine(database_url)
-    if migrate:
-        await upgrade_to_head(engine, database_url)
-    sandbox = None
-    if settings.sandbox_enabled:
-        sandbox = await start_sandbox(settings)
-        # Demo data (simulator cards and PINs) for the person at the terminal, not the log.
-        print("\n".join(["sandbox demo data:", *seed_all(sandbox)]), file=sys.stderr)
-        settings = point_settings_at(settings, sandbox)
-    sessions = session_factory(engine)
-    if sandbox is not None and settings.lightspeed_refresh_token is not None:
-        # A fresh simulator knows only the refresh token it just issued.
-        await DbTokenStore(sessions).save(
-            TokenSet(None, settings.lightspeed_refresh_token.get_secret_value(), None)
-        )
-    clients = build_clients(settings, sessions)
+def assemble(
+    settings: Settings,
+    database_url: str,
+    engine: AsyncEngine,
+    sessions: SessionFactory,
+    clients: Clients,
+    sandbox: Sandbox | None = None,
+) -> Runtime:
+    """The runtime every process and every test uses, around the given upstream clients."""
     runtime = Runtime(
         settings=settings,
         database_url=database_url,
@@ -171,6 +161,30 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         if pos is not None:
             runtime.omni = OmniSync(sessions, settings, clients.shopify, pos)
     install_features(runtime)
+    return runtime
+
+
+async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
+    settings = with_sandbox_secrets(settings)
+    database_url = await asyncio.to_thread(resolve_database_url, settings)
+    engine = create_engine(database_url)
+    if migrate:
+        await upgrade_to_head(engine, database_url)
+    sandbox = None
+    if settings.sandbox_enabled:
+        sandbox = await start_sandbox(settings)
+        # Demo data (simulator cards and PINs) for the person at the terminal, not the log.
+        print("\n".join(["sandbox demo data:", *seed_all(sandbox)]), file=sys.stderr)
+        settings = point_settings_at(settings, sandbox)
+    sessions = session_factory(engine)
+    if sandbox is not None and settings.lightspeed_refresh_token is not None:
+        # A fresh simulator knows only the refresh token it just issued.
+        await DbTokenStore(sessions).save(
+            TokenSet(None, settings.lightspeed_refresh_token.get_secret_value(), None)
+        )
+    runtime = assemble(
+        settings, database_url, engine, sessions, build_clients(settings, sessions), sandbox
+    )
     log.info(
         "runtime_ready",
         database="embedded" if settings.database_url is None else "external",

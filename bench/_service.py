@@ -26,7 +26,8 @@ from app.logging import configure_logging
 from app.main import create_app
 from app.runtime import Runtime, install_features
 from app.settings import load_settings
-from app.sync.shadow_cards import ShadowCardService
+from app.sync.shadow import ShadowDeps
+from app.sync.shadow.gate import CardGate
 from bench._timing import TimedTransport, UpstreamTimingMiddleware
 
 POOL_SIZE_ENV = "GIFTSYNC_BENCH_POOL_SIZE"
@@ -55,6 +56,6 @@ def create() -> ASGIApp:
         sessions=sessions,
         clients=Clients(shopify=shopify, vii=vii, _all=[shopify, vii]),
     )
-    runtime.shadow_cards = ShadowCardService(sessions, settings, vii, shopify)
+    runtime.shadow = ShadowDeps.build(sessions, CardGate(runtime.engine), settings, vii, shopify)
     install_features(runtime)
     return UpstreamTimingMiddleware(create_app(runtime, run_worker=False))

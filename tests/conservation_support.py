@@ -32,13 +32,14 @@ from app.sandbox.lightspeed import LightspeedSimulator
 from app.sandbox.shopify import ShopifySimulator
 from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
 from app.settings import BalanceSign, Settings
-from app.sync import runs
+from app.sync import runs, shadow
 from app.sync.inbox import store_delivery
 from app.sync.omni import OmniSync
 from app.sync.omni_polling import OmniPollers
 from app.sync.pos_factory import build_pos
 from app.sync.reconcile import Reconciler, execute_here, install_reconcile
-from app.sync.shadow_cards import ShadowCardService
+from app.sync.shadow import ShadowDeps
+from app.sync.shadow.gate import CardGate
 from app.worker import Worker
 from tests.conftest import make_settings
 
@@ -121,8 +122,8 @@ class World:
                 ),
                 {"id": shadow_id},
             )
-        assert self.runtime.shadow_cards is not None
-        return await self.runtime.shadow_cards.expire_due()
+        assert self.runtime.shadow is not None
+        return await shadow.expire_due(self.runtime.shadow)
 
     # --- webhooks and the worker ------------------------------------------------------------
 
@@ -315,7 +316,7 @@ async def build_world(database_url: str) -> World:
     shop = ShopifyClient(
         "http://shop.sim",
         "shpat_sandbox_token",
-        "2025-01",
+        "2026-07",
         timeout=UPSTREAM_TIMEOUT_S,
         transport=httpx.ASGITransport(app=shop_sim.app),
     )
@@ -343,7 +344,7 @@ async def build_world(database_url: str) -> World:
     pos = build_pos(settings, Clients(shopify=shop, pos=ls), sessions)
     assert pos is not None
     omni = OmniSync(sessions, settings, shop, pos)
-    runtime.shadow_cards = ShadowCardService(sessions, settings, vii, shop)
+    runtime.shadow = ShadowDeps.build(sessions, CardGate(runtime.engine), settings, vii, shop)
     runtime.omni = omni
     # Registers shadow cards, capture, omni (jobs, pollers, topics) on the one runtime.
     install_features(runtime)

@@ -19,12 +19,19 @@ from app.main import create_app
 from app.runtime import Runtime
 from app.sandbox.shopify import ShopifySimulator
 from app.sandbox.vii import ViiSimulator
-from tests.sync.test_shadow_cards import card_by_code
 from tests.wiring import shadow_upstreams
 
 # The demo card with a balance of 120.00, as `seed_demo` prints it in the server log.
 CARD = "6280002345678901"
 PIN = "2345"
+
+
+def card_by_code(sim: ShopifySimulator, code: str) -> dict[str, Any]:
+    for card_id in sim.shop.gift_cards:
+        card = sim.card(card_id)
+        if card["code"].lower() == code.lower():
+            return card
+    raise AssertionError(f"no Shopify card ends {code[-4:]}")
 
 
 @dataclass

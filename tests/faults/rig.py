@@ -47,7 +47,8 @@ from app.settings import BalanceSign, PosKind
 from app.sync.omni import OmniSync
 from app.sync.omni_polling import install_omni
 from app.sync.pos_factory import build_pos
-from app.sync.shadow_cards import ShadowCardService
+from app.sync.shadow import ShadowDeps
+from app.sync.shadow.gate import CardGate
 from app.worker import Worker
 from tests.omni_wiring import Omni
 
@@ -441,13 +442,15 @@ async def shadow_rig(runtime: Runtime, engine: AsyncEngine) -> AsyncIterator[Sha
     shop = ShopifyClient(
         "http://shop.sim",
         "shpat_sandbox_token",
-        "2025-01",
+        "2026-07",
         timeout=CLIENT_TIMEOUT,
         transport=shop_wire,
         bucket=CostBucket(clock=shop_waits.clock, sleep=shop_waits),
         retry_backoff=0.0,
     )
-    runtime.shadow_cards = ShadowCardService(runtime.sessions, runtime.settings, vii, shop)
+    runtime.shadow = ShadowDeps.build(
+        runtime.sessions, CardGate(runtime.engine), runtime.settings, vii, shop
+    )
     install_features(runtime)
     app = create_app(runtime, run_worker=False)
     # An unhandled error must show as the 500 a shopper would get, not as a test crash.
@@ -554,7 +557,7 @@ async def omni_rig(
         shop = ShopifyClient(
             "http://shop.sim",
             "shpat_sandbox_token",
-            "2025-01",
+            "2026-07",
             timeout=CLIENT_TIMEOUT,
             transport=shop_wire,
             bucket=CostBucket(clock=waits.clock, sleep=waits),

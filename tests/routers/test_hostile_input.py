@@ -31,7 +31,8 @@ from app.clients.vii import ViiClient
 from app.main import create_app
 from app.runtime import Runtime, install_features
 from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME
-from app.sync.shadow_cards import ShadowCardService
+from app.sync.shadow import ShadowDeps
+from app.sync.shadow.gate import CardGate
 from app.worker import Worker
 from tests.wiring import Upstreams, shadow_upstreams
 
@@ -569,7 +570,9 @@ async def test_check_balance_with_vii_answering_an_entity_bomb_is_503_and_stores
 ) -> None:
     async with shadow_upstreams(runtime) as up:
         vii = _vii(Answering(BILLION_LAUGHS))
-        runtime.shadow_cards = ShadowCardService(runtime.sessions, runtime.settings, vii, up.shop)
+        runtime.shadow = ShadowDeps.build(
+            runtime.sessions, CardGate(runtime.engine), runtime.settings, vii, up.shop
+        )
         install_features(runtime)
         app = create_app(runtime, run_worker=False)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

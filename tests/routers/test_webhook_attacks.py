@@ -28,7 +28,7 @@ from app.main import create_app
 from app.routers.webhooks import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from app.runtime import Runtime
 from app.sync.inbox import Delivery
-from app.sync.shadow_capture import CAPTURE_JOB
+from app.sync.shadow import CLOSE_JOB
 from app.worker import Worker
 from tests.wiring import Upstreams, shadow_upstreams
 
@@ -212,7 +212,7 @@ class Checkout:
         assert await self.scalar("SELECT captured_amount_minor FROM shadow_cards") == minor
         captures = "SELECT sum(amount_minor) FROM ledger WHERE cause = 'capture'"
         assert await self.scalar(captures) == -minor
-        jobs = f"SELECT count(*) FROM jobs WHERE kind = '{CAPTURE_JOB}'"
+        jobs = f"SELECT count(*) FROM jobs WHERE kind = '{CLOSE_JOB}'"
         assert await self.scalar(jobs) == 1
         assert await self.scalar("SELECT count(*) FROM findings") == 0
         unprocessed = "SELECT count(*) FROM webhook_inbox WHERE processed_at IS NULL"

@@ -24,6 +24,7 @@ from app.db.engine import transaction
 from app.runtime import Runtime
 from app.settings import Settings
 from app.sync import runs
+from app.sync import shadow as shadow_flow
 from app.sync.omni import MOVE_JOB, SHOPIFY
 from app.sync.reconcile import (
     DEACTIVATE_SHADOW_JOB,
@@ -35,7 +36,7 @@ from app.sync.reconcile import (
     schedule_run,
 )
 from app.sync.runs import RECONCILE_JOB
-from app.sync.shadow_cards import CLOSE_JOB, ApplyRequest
+from app.sync.shadow import CLOSE_JOB, ApplyRequest
 from tests.conftest import make_settings
 from tests.omni_wiring import POS_VARIANTS, Omni, omni_upstreams
 from tests.wiring import Upstreams, shadow_upstreams
@@ -688,9 +689,9 @@ class Shadow:
     engine: AsyncEngine
 
     async def apply(self, token: str = "c-1", cart: str = "30.00") -> Any:
-        assert self.runtime.shadow_cards is not None
-        await self.runtime.shadow_cards.apply(
-            ApplyRequest(VII_CARD, VII_PIN, Decimal(cart), token, "10.0.0.1")
+        assert self.runtime.shadow is not None
+        await shadow_flow.apply(
+            self.runtime.shadow, ApplyRequest(VII_CARD, VII_PIN, Decimal(cart), token, "10.0.0.1")
         )
         [row] = await rows(
             self.engine,
@@ -784,13 +785,13 @@ async def test_an_open_hold_whose_shopify_card_was_disabled_is_released(shadow: 
 
 async def test_shadow_cards_closing_on_their_own_are_not_reported(shadow: Shadow) -> None:
     row = await shadow.apply()
-    assert shadow.runtime.shadow_cards is not None
-    await shadow.runtime.shadow_cards.expire_due()  # nothing due yet
+    assert shadow.runtime.shadow is not None
+    await shadow_flow.expire_due(shadow.runtime.shadow)  # nothing due yet
     async with shadow.engine.begin() as connection:
         await connection.execute(
             text("UPDATE shadow_cards SET expires_at = now() WHERE id = :id"), {"id": row.id}
         )
-    await shadow.runtime.shadow_cards.expire_due()  # retired; its close job is queued
+    await shadow_flow.expire_due(shadow.runtime.shadow)  # closed; its close job is queued
 
     _, counts = await shadow.run()
 

@@ -1,7 +1,7 @@
 """Vii shadow cards at checkout (DESIGN 1.B): one Shopify card per checkout and Vii card,
 backed by a Vii hold, closed by the same steps whatever closes it.
 
-- `apply.py` / `resize.py`: `POST /check-balance` (new card, or the same one re-sized);
+- `checkout.py` / `resize.py`: `POST /check-balance` (new card, or the same one re-sized);
 - `close.py`: release, expiry and the close and recovery jobs that settle a card with Vii;
 - `orders.py`: what order webhooks mean for a shadow card (close it, note a refund);
 - `attempts.py`: PIN limits and lockouts; `gate.py`: one request per card at a time;
@@ -11,8 +11,8 @@ The money rule (captured - undone == spent through Shopify - refunds given back)
 construction: only the close captures, and it captures what the deactivated card spent.
 """
 
-from app.sync.shadow.apply import apply
 from app.sync.shadow.attempts import clear_lockout
+from app.sync.shadow.checkout import apply
 from app.sync.shadow.close import close_job, expire_due, recover_job, release
 from app.sync.shadow.deps import ApplyRequest, ShadowDeps
 from app.sync.shadow.errors import ShadowCardError

@@ -23,7 +23,7 @@ from app.db import shadow_cards as rows
 from app.db.sql import sql
 from app.logging import get_logger
 from app.money import format_minor, to_minor
-from app.sync.shadow import card_moves, lifecycle, vii_hold
+from app.sync.shadow import amounts, card_moves, lifecycle, vii_hold
 from app.sync.shadow.deps import ShadowDeps, bound_session
 from app.sync.shadow.errors import CardBusy, ShadowCardNotFound
 from app.sync.shadow.refunds import refund_findings
@@ -91,14 +91,16 @@ async def _fresh(session: AsyncSession, shadow_id: Any) -> Any:
 
 async def _recover(deps: ShadowDeps, session: AsyncSession, shadow_id: str) -> None:
     row = await _fresh(session, shadow_id)
+    if row.state == "applied":
+        if row.hold_code is None and row.hold_tran_id is not None:
+            # A re-hold whose pre-authorisation was never confirmed: undo it (card is empty).
+            await vii_hold.release_hold(deps, session, row)
+        return
     if row.state == "pending":
         async with session.begin():
             await rows.transition(session, row.id, ("pending",), "abandoned")
         log.warning("shadow_intent_abandoned", shadow_id=shadow_id)
-        await _settle_if_closed(deps, session, shadow_id)
-    elif row.state == "applied" and row.hold_code is None and row.hold_tran_id is not None:
-        # A re-hold whose pre-authorisation was never confirmed: undo it, the card is empty.
-        await vii_hold.release_hold(deps, session, row)
+    await _settle_if_closed(deps, session, shadow_id)
 
 
 async def _settle_if_closed(deps: ShadowDeps, session: AsyncSession, shadow_id: str) -> None:
@@ -112,7 +114,8 @@ async def _settle_if_closed(deps: ShadowDeps, session: AsyncSession, shadow_id: 
     loaded = row.loaded_minor if row.shopify_gift_card_id else _created_value(final)
     balance = to_minor(final.balance) if final is not None else 0
     spent = loaded - balance
-    await _capture_spent(deps, session, row, spent - row.captured_amount_minor)
+    due = amounts.close(loaded=loaded, final_balance=balance, captured=row.captured_amount_minor)
+    await _capture_spent(deps, session, row, due)
     await vii_hold.release_hold(deps, session, await _fresh(session, shadow_id))
     refunds = await _refunds_on_card(deps, final)
     async with session.begin():

@@ -18,7 +18,7 @@ from app.clients.errors import UnknownOutcome, UpstreamError
 from app.crypto import constant_time_equal
 from app.db import shadow_cards as rows
 from app.money import from_minor, to_minor
-from app.sync.shadow import attempts, card_moves, lifecycle, vii_hold
+from app.sync.shadow import amounts, attempts, card_moves, lifecycle, vii_hold
 from app.sync.shadow.deps import ApplyRequest, ShadowDeps
 from app.sync.shadow.errors import (
     WRONG_CARD_OR_PIN,
@@ -52,14 +52,19 @@ async def _resize_proved(
 ) -> ApplyResult:
     live = await card_moves.confirm_pending_move(deps, session, live)
     balance = await card_moves.read_balance_minor(deps, live)
-    target = to_minor(request.cart_total)
-    owed = live.loaded_minor - balance - live.captured_amount_minor
-    room = live.hold_amount_minor - owed
-    if target > room and live.vii_balance_minor > live.hold_amount_minor:
+    plan = amounts.resize(
+        cart=to_minor(request.cart_total),
+        balance=balance,
+        loaded=live.loaded_minor,
+        captured=live.captured_amount_minor,
+        hold=live.hold_amount_minor,
+        vii_balance=live.vii_balance_minor,
+    )
+    if plan.needs_new_hold:
         if request.pin is None:
             raise PinRequired("The cart grew beyond the amount held; the PIN is needed.")
         return await _rehold(deps, session, request, live, balance, apply_token)
-    new_balance = max(min(target, room), 0)
+    new_balance = plan.new_balance
     await card_moves.move(deps, session, live, new_balance - balance, "apply")
     async with session.begin():
         await rows.set_fields(session, live.id, applied_amount_minor=new_balance)
@@ -109,9 +114,9 @@ async def _rehold(
     await card_moves.move(deps, session, live, -balance, "rehold-empty")
     live = await _fresh(session, live.id)
     try:
-        await vii_hold.capture(
-            deps, session, live, live.loaded_minor - live.captured_amount_minor, why="rehold"
-        )
+        # The card is empty now, so all it was given and not yet taken was spent.
+        due = amounts.owed(live.loaded_minor, 0, live.captured_amount_minor)
+        await vii_hold.capture(deps, session, live, due, why="rehold")
         await vii_hold.release_hold(deps, session, await _fresh(session, live.id))
         found = await deps.vii.check_balance(request.card_number, request.pin)
     except vii_hold.CaptureRefused:
@@ -119,7 +124,7 @@ async def _rehold(
     except UpstreamError as exc:
         raise vii_refusal(exc) from None
     available = to_minor(Decimal(found.available))
-    new_hold = min(to_minor(request.cart_total), available)
+    new_hold = amounts.first_apply(available, to_minor(request.cart_total))
     if new_hold <= 0:
         async with session.begin():
             await lifecycle.request_close(session, live.id, "released")

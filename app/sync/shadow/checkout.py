@@ -23,7 +23,7 @@ from app.db import shadow_cards as rows
 from app.db.sql import sql
 from app.logging import get_logger
 from app.money import to_minor
-from app.sync.shadow import attempts, lifecycle
+from app.sync.shadow import amounts, attempts, lifecycle
 from app.sync.shadow.deps import ApplyRequest, ShadowDeps, bound_session
 from app.sync.shadow.errors import (
     CardEmpty,
@@ -93,7 +93,7 @@ async def _apply_new(
         code=new_shadow_code(vii_last4),
         apply_token=new_apply_token(),
         tran_id=deps.vii.new_tran_id(),
-        amount_minor=min(available, to_minor(request.cart_total)),
+        amount_minor=amounts.first_apply(available, to_minor(request.cart_total)),
         available_minor=available,
     )
     expires_at = datetime.now(UTC) + deps.settings.shadow_card_ttl
@@ -159,6 +159,7 @@ async def _hold_and_create(
             "Vii did not answer; nothing was applied.", retry_after=5
         ) from None
     except UpstreamError as exc:
+        await _abandon_now(deps, session, plan, request.card_number, hold_code=None)
         raise vii_refusal(exc) from None
     async with session.begin():
         await rows.set_fields(
@@ -171,6 +172,12 @@ async def _hold_and_create(
         created = await deps.shopify.create_gift_card(amount, code=plan.code, note=reference)
     except UpstreamError as exc:
         log.warning("shadow_apply_shopify_failed", error_type=type(exc).__name__)
+        if not isinstance(exc, UnknownOutcome):
+            # Shopify surely made no card: the hold can go now. A create whose outcome is
+            # unknown keeps its hold until the recovery job's search shows no card.
+            await _abandon_now(
+                deps, session, plan, request.card_number, hold_code=hold.pre_auth_code
+            )
         raise ShopifyUnavailableError(
             "Shopify could not create the card; nothing was applied.", retry_after=5
         ) from None
@@ -188,6 +195,31 @@ async def _hold_and_create(
         expires_at=expires_at,
         apply_token=plan.apply_token,
     )
+
+
+async def _abandon_now(
+    deps: ShadowDeps,
+    session: AsyncSession,
+    plan: _Planned,
+    card_number: str,
+    *,
+    hold_code: str | None,
+) -> None:
+    """No Shopify card exists: free the hold and close the intent, or leave both to recovery."""
+    try:
+        if hold_code is not None:
+            await deps.vii.cancel_pre_auth(card_number, hold_code, f"shadow:{plan.shadow_id}")
+    except UpstreamError:
+        return  # the recovery job cancels it
+    async with session.begin():
+        await rows.transition(session, plan.shadow_id, ("pending",), "abandoned")
+        await rows.mark_settled(
+            session, plan.shadow_id, final_balance_minor=None, refunds_on_card_minor=0
+        )
+        await session.execute(
+            sql("UPDATE gift_cards SET state = 'deactivated' WHERE id = :c"), {"c": plan.card_id}
+        )
+        await lifecycle.disarm_recovery(session, _recovery_key(plan.shadow_id))
 
 
 async def _record_applied(
