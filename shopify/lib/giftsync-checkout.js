@@ -392,6 +392,8 @@ export function createGiftCardSession(options) {
   /** @type {number | null} */
   let retryAt = null;
   let disposed = false;
+  /** @type {Set<string>} the checkout's applied gift cards (last characters), as last told */
+  let listedInCheckout = new Set();
 
   /** @type {Promise<unknown>} */
   let tail = Promise.resolve();
@@ -620,6 +622,8 @@ export function createGiftCardSession(options) {
     const added = await changeCode(options.applyCode, card.code);
     if (added.ok) {
       card.inCheckout = true;
+      // The checkout may list the code before applyGiftCardChange resolves.
+      card.seenInCheckout = listedInCheckout.has(card.lastCharacters.toLowerCase());
       return true;
     }
     // Not in the checkout, so nothing may stay held for it.
@@ -970,6 +974,7 @@ export function createGiftCardSession(options) {
    */
   function syncAppliedCodes(lastCharacters) {
     const listed = new Set(lastCharacters.map((chars) => chars.toLowerCase()));
+    listedInCheckout = listed;
     for (const card of records.values()) {
       if (!card.inCheckout || card.status === "removing") {
         continue;
