@@ -8,6 +8,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
+import { Window } from 'happy-dom';
+
 import { SETTING_URL } from '../extensions/vii-checkout/src/binding';
 
 const shopifyDir = (path: string) => fileURLToPath(new URL(`../../${path}`, import.meta.url));
@@ -23,6 +25,40 @@ test('the theme asset and the demo script are the fresh browser bundle, byte for
       readFileSync(shopifyDir(copy)).equals(bundle),
       `${copy} is stale: run \`npm --prefix shopify run sync\` and commit it`,
     );
+  }
+});
+
+test('the committed bundle exposes GiftSync and mounts every cart block on the page', async () => {
+  const page = new Window({
+    url: 'https://shop.example/cart',
+    // Our own bundle, run the way a storefront runs the block's asset.
+    settings: { enableJavaScriptEvaluation: true, suppressInsecureJavaScriptEnvironmentWarning: true },
+  });
+  try {
+    page.document.body.innerHTML =
+      '<div id="a" data-giftsync-cart-block data-cart-token="t1" data-cart-total-cents="8000"></div>' +
+      '<div id="b" data-giftsync-cart-block data-cart-token="t1" data-cart-total-cents="8000"></div>';
+    const script = page.document.createElement('script');
+    script.textContent = read('extensions/vii-cart-block/assets/giftsync-cart-block.js');
+    page.document.body.appendChild(script);
+    const exposed = (page as unknown as { GiftSync?: Record<string, unknown> }).GiftSync;
+    assert.deepEqual(Object.keys(exposed ?? {}).sort(), [
+      'MESSAGES',
+      'checkBalanceEndpoints',
+      'createGiftCardSession',
+      'messageFor',
+      'mountCartBlock',
+      'mountGiftCardWidget',
+      'normalizeBaseUrl',
+    ]);
+    for (const id of ['a', 'b']) {
+      const block = page.document.getElementById(id)!;
+      assert.equal(block.getAttribute('data-giftsync-mounted'), 'true');
+      assert.equal(block.querySelectorAll('input[name=viiCardNumber]').length, 1);
+      assert.equal(block.querySelector('.giftsync-prompt')?.textContent, 'Pay with a Vii gift card');
+    }
+  } finally {
+    await page.happyDOM.close();
   }
 });
 
