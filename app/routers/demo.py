@@ -1,4 +1,5 @@
-"""`GET /demo/checkout`: a sandbox page that drives `checkout.js` against a simulated cart."""
+"""`GET /demo/checkout`: a sandbox page that runs the shared checkout logic against a simulated
+cart (`static/checkout.js` is the browser bundle of `shopify/lib`, DESIGN 9)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ _DEMO_PAGE = """<!doctype html>
 <body>
 <h1>giftsync checkout demo</h1>
 <p class="note">Sandbox only. The demo Vii cards (number, PIN and balance) are printed in the
-server log when the sandbox starts.</p>
+server log when the sandbox starts. This page runs the same checkout logic as the Shopify
+extensions (shopify/lib). It calls giftsync at <code id="api-origin"></code>; add
+<code>?api=http://127.0.0.1:8000</code> to call another origin.</p>
 
 <fieldset>
   <legend>Cart</legend>
@@ -48,47 +51,13 @@ server log when the sandbox starts.</p>
 </fieldset>
 
 <fieldset>
-  <legend>Discount codes applied by the checkout</legend>
+  <legend>Gift card codes applied by the checkout</legend>
   <p id="applied-code">None</p>
   <ul id="code-log"></ul>
 </fieldset>
 
 <script src="/static/checkout.js"></script>
-<script>
-(function () {
-  "use strict";
-  var cartTotal = document.getElementById("cart-total");
-  var appliedCode = document.getElementById("applied-code");
-  var codeLog = document.getElementById("code-log");
-  var randomPart = new Uint32Array(2);
-  window.crypto.getRandomValues(randomPart);
-
-  function logLine(text) {
-    var item = document.createElement("li");
-    item.textContent = text;
-    codeLog.appendChild(item);
-  }
-
-  var widget = GiftSync.init({
-    endpoint: "",
-    checkoutToken: "demo-" + randomPart[0].toString(36) + randomPart[1].toString(36),
-    getCartTotal: function () { return cartTotal.value; },
-    applyCode: function (code) {
-      appliedCode.textContent = code;
-      logLine("applyCode(" + code + ")");
-    },
-    removeCode: function (code) {
-      appliedCode.textContent = "None";
-      logLine("removeCode(" + code + ")");
-    },
-    container: document.getElementById("giftsync")
-  });
-
-  document.getElementById("update-cart").addEventListener("click", function () {
-    widget.onCartTotalChange(cartTotal.value);
-  });
-})();
-</script>
+<script src="/static/demo-checkout.js"></script>
 </body>
 </html>
 """
@@ -107,5 +76,5 @@ async def demo_checkout(request: Request) -> HTMLResponse:
 
 
 def mount_static(app: FastAPI) -> None:
-    """Serve `app/static` (the checkout script) at `/static`."""
+    """Serve `app/static` (the checkout bundle and the demo's glue) at `/static`."""
     app.mount("/static", StaticFiles(directory=STATIC_DIRECTORY), name="static")
