@@ -1,10 +1,11 @@
-# Two commands on a fresh machine with Python 3.11+: `make run` and `make test`.
+# Two commands on a fresh machine with Python 3.11+ and Node.js 20: `make run` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+NODE_STAMP := shopify/node_modules/.installed-$(shell cksum shopify/package-lock.json | cut -d' ' -f1)
 
-.PHONY: install run test lint
+.PHONY: install run test test-python test-js lint conservation mutation audit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,17 +14,27 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP)
+$(NODE_STAMP): shopify/package-lock.json
+	npm --prefix shopify ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+install: $(STAMP) $(NODE_STAMP)
 
 ## Run the service on http://127.0.0.1:8000 (embedded PostgreSQL in ./.data, simulators).
-run: install
+run: $(STAMP)
 	$(BIN)/giftsync serve $(ARGS)
 
-## Run the whole test suite against a real PostgreSQL (embedded, or TEST_DATABASE_URL).
-test: install
+## The whole suite: Python against a real PostgreSQL (embedded, or TEST_DATABASE_URL), then
+## the Shopify app's extensions (type-check, bundle, node:test).
+test: test-python test-js
+
+test-python: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: install
+test-js: $(NODE_STAMP)
+	npm --prefix shopify test
+
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict app
