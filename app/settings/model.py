@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,13 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.settings.environment import scan
-from app.settings.strength import (
-    OWN_SECRETS,
-    judge_admin_token,
-    judge_key,
-    judge_shopify_secret,
-    reused,
-)
+from app.settings.strength import OWN_SECRETS, judge_secrets
 from app.settings.values import (
     BalanceSign,
     CheckoutAuth,
@@ -200,22 +193,6 @@ class Settings(BaseSettings):
             raise ValueError("must be a Lightspeed id (digits only)")
         return None if value is None else value.strip()
 
-    @field_validator("admin_token")
-    @classmethod
-    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
-        return _judged(value, judge_admin_token)
-
-    @field_validator("card_hash_key", "pin_encryption_key")
-    @classmethod
-    def _key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        name = str(info.field_name).upper()
-        return _judged(value, lambda text: judge_key(name, text))
-
-    @field_validator("shopify_api_secret")
-    @classmethod
-    def _shopify_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        return _judged(value, judge_shopify_secret)
-
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         given = self.model_fields_set
@@ -231,7 +208,8 @@ class Settings(BaseSettings):
             problems += _missing_outside_sandbox(self)
             problems += _partial_upstreams(self)
             problems += _transport(self)
-        problems += reused(self._own_secrets())
+        # Judged here rather than per field, so weak and missing secrets show up together.
+        problems += judge_secrets(self._own_secrets())
         problems += _merchant_rules(self)
         if problems:
             raise ValueError("\n".join(problems))
@@ -288,14 +266,6 @@ class Settings(BaseSettings):
             if url is not None and url_scheme(url) == "http":
                 found.append(f"{name.upper()}: plain http to a loopback address (a local fake?)")
         return found
-
-
-def _judged(value: SecretStr | None, judge: Callable[[str], list[str]]) -> SecretStr | None:
-    if value is not None:
-        problems = judge(value.get_secret_value())
-        if problems:
-            raise ValueError("\n".join(problems))
-    return value
 
 
 def _missing_outside_sandbox(settings: Settings) -> list[str]:
