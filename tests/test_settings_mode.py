@@ -408,6 +408,7 @@ def test_trusted_proxies_are_networks(clean_env: pytest.MonkeyPatch) -> None:
     assert settings.is_trusted_proxy("10.20.30.40") is True
     assert settings.is_trusted_proxy("192.168.1.8") is False
     assert settings.is_trusted_proxy("fd00::1") is True
+    assert settings.is_trusted_proxy("::ffff:10.1.2.3") is True
     assert settings.is_trusted_proxy("not-an-address") is False
     clean_env.setenv("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal")
     assert problems() == [

@@ -89,7 +89,10 @@ def test_placeholders_are_refused_for_every_own_secret(
 def test_shopify_secret_placeholders_are_refused(production: pytest.MonkeyPatch) -> None:
     for value in ("changeme-changeme", "secretsecretsecret", "x" * 40, "0123456789abcdefghij"):
         assert refused(production, "SHOPIFY_API_SECRET", value) == [
-            "SHOPIFY_API_SECRET" + PLACEHOLDER
+            "SHOPIFY_API_SECRET"
+            + PLACEHOLDER.replace(
+                HINT, "copy the app's client secret from the Shopify Dev Dashboard"
+            )
         ]
 
 
@@ -166,8 +169,8 @@ def test_keys_may_be_base64(production: pytest.MonkeyPatch, name: str) -> None:
 
 def test_shopify_api_secret_needs_16_characters(production: pytest.MonkeyPatch) -> None:
     expected = [
-        "SHOPIFY_API_SECRET: too short (at least 16 characters; copy the app's client secret "
-        "from the Shopify Dev Dashboard)"
+        "SHOPIFY_API_SECRET: too short (at least 16 characters); copy the app's client secret "
+        "from the Shopify Dev Dashboard"
     ]
     assert refused(production, "SHOPIFY_API_SECRET", "s") == expected
     assert refused(production, "SHOPIFY_API_SECRET", "shpss_5c0e8a2f7") == expected  # 15

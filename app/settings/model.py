@@ -245,6 +245,8 @@ class Settings(BaseSettings):
             ip = ipaddress.ip_address(address.strip())
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
         return any(ip in network for network in self.trusted_proxies)
 
     def warnings(self) -> list[str]:

@@ -43,6 +43,7 @@ _RUN_ALPHABETS = (
 )
 _SEPARATORS = re.compile(r"[\s\-_.:/+=]+")
 _KEYS_HINT = "`giftsync keys` prints fresh values"
+_SHOPIFY_HINT = "copy the app's client secret from the Shopify Dev Dashboard"
 
 
 def _is_run(text: str) -> bool:
@@ -88,10 +89,10 @@ def _distinct(name: str, value: str) -> list[str]:
     return []
 
 
-def _placeholder(name: str) -> list[str]:
+def _placeholder(name: str, hint: str = _KEYS_HINT) -> list[str]:
     return [
         f"{name}: a placeholder, not a secret (a word such as changeme, password or secret, "
-        f"one repeated character, or a run like 0123...); {_KEYS_HINT}"
+        f"one repeated character, or a run like 0123...); {hint}"
     ]
 
 
@@ -121,11 +122,11 @@ def judge_key(name: str, value: str) -> list[str]:
 def judge_shopify_secret(value: str) -> list[str]:
     """Shopify makes this one; only what a copy-paste slip or a template would give is refused."""
     if is_placeholder(value):
-        return _placeholder("SHOPIFY_API_SECRET")
+        return _placeholder("SHOPIFY_API_SECRET", _SHOPIFY_HINT)
     if len(value.strip()) < SHOPIFY_SECRET_MIN_LENGTH:
         return [
-            f"SHOPIFY_API_SECRET: too short (at least {SHOPIFY_SECRET_MIN_LENGTH} characters; "
-            "copy the app's client secret from the Shopify Dev Dashboard)"
+            f"SHOPIFY_API_SECRET: too short (at least {SHOPIFY_SECRET_MIN_LENGTH} characters); "
+            + _SHOPIFY_HINT
         ]
     return []
 
