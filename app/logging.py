@@ -15,8 +15,10 @@ from typing import Any
 
 import structlog
 
-# 12-19 digits, optionally grouped by spaces or dashes: the shape of a payment card number.
-_CARD_NUMBER = re.compile(r"(?<![\d.])(?:\d[ -]?){8,15}(\d{4})(?![\d.])")
+# 12-19 digits, optionally grouped by spaces or dashes: the shape of a payment card number. It
+# must stand alone: touching a letter, digit, `_` or `-` it is part of a UUID, hex id or run id,
+# and beside `.` and a digit it is part of a decimal or a timestamp's fraction.
+_CARD_NUMBER = re.compile(r"(?<![\w-])(?<!\d\.)(?:\d[ -]?){8,15}(\d{4})(?![\w-])(?!\.\d)", re.ASCII)
 _SECRET_KEY = re.compile(
     r"pin|password|passwd|secret|token|authorization|api[_-]?key|cookie|ciphertext|code$|^serial$",
     re.IGNORECASE,
@@ -100,7 +102,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ign
         pass
 
 
-def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
+def configure_logging(level: str = "INFO", *, json: bool | None = True) -> None:
+    """`json=None` (LOG_JSON unset): JSON for a collector, readable lines for a person."""
+    if json is None:
+        json = not sys.stderr.isatty()
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,

@@ -86,7 +86,7 @@ OWN_P99_TARGET_MS = 15.0
 # giftsync, not the rate limit (bench/throttle.py does that).
 SHOPIFY_BUCKET = 10_000_000
 SHOPIFY_TOKEN = "shpat_sandbox_token"  # the simulator's, not a secret
-SHOPIFY_API_VERSION = "2025-01"
+SHOPIFY_API_VERSION = "2026-07"
 THINK = "think"
 BACK_TO_BACK = "back-to-back"
 
@@ -187,6 +187,7 @@ def service_environment(
         "VII_USERNAME": DEMO_USERNAME,
         "VII_PASSWORD": DEMO_PASSWORD,
         "VII_STORE_ID": DEMO_STORE_ID,
+        "SHOPIFY_SHOP_DOMAIN": "giftsync-sandbox.myshopify.com",
         "SHOPIFY_BASE_URL": f"http://127.0.0.1:{sim_ports['shopify']}",
         "SHOPIFY_ADMIN_TOKEN": SHOPIFY_TOKEN,
         "SHOPIFY_API_VERSION": SHOPIFY_API_VERSION,

@@ -107,9 +107,11 @@ async def main(samples: int, poll_interval: float, ls_drip: float) -> None:
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
         sandbox=True,
-        admin_token=SecretStr("bench-admin-token-0123456789"),
-        card_hash_key=SecretStr("bench-card-hash-key-0123456789"),
-        pin_encryption_key=SecretStr("00" * 32),
+        admin_token=SecretStr("bench-admin-Xw4Tq9Lm2Rv7Kc5Np8Jz3Hb6"),
+        card_hash_key=SecretStr("5d0e8b3a7c14f92e6a08d5b1c73f49e2a6d8b05c1e97f34a2b6c80d5e1f9a374"),
+        pin_encryption_key=SecretStr(
+            "e83a1f5c09b74d26a1e8f3c57b90d42e6f1a8c35d7b09e24f6a3c81d5e07b92f"
+        ),
         shopify_api_secret=SecretStr(SECRET),
         pos_kind=PosKind.NONE,
         poll_interval=timedelta(seconds=poll_interval),

@@ -59,7 +59,7 @@ from app.db.migrate import upgrade_to_head  # noqa: E402
 
 DATABASE = "giftsync_bench_reconcile"
 EMBEDDED_DIR = ROOT / ".data" / "bench-reconcile"
-HASH_KEY = "bench-card-hash-key-0123456789"
+HASH_KEY = "9b2e47c1a05d83f6e2b9a41c7d06583fa2c19e07b4d63a58f1e02c9d7b3a64e5"
 SHOPIFY_TOKEN = "shpat_sandbox_token"  # the simulator's, not a secret
 FIRST_SHOPIFY_ID = 2_000_000
 BALANCE = Decimal("50.00")

@@ -67,7 +67,7 @@ from app.money import format_minor  # noqa: E402
 
 DATABASE = "giftsync_bench_webhooks"
 SHOPIFY_TOKEN = "shpat_sandbox_token"  # the simulator's, not a secret
-SHOPIFY_API_VERSION = "2025-01"
+SHOPIFY_API_VERSION = "2026-07"
 ACK_P99_TARGET_MS = 100.0
 RETRY_SHARE = 0.02
 TOPIC_WEIGHTS = {
@@ -299,6 +299,7 @@ def service_environment(
         "DATABASE_URL": database_url,
         "SANDBOX": "false",
         "POS_KIND": "none",
+        "SHOPIFY_SHOP_DOMAIN": "sandbox.myshopify.com",
         "SHOPIFY_BASE_URL": f"http://127.0.0.1:{ports['shopify']}",
         "SHOPIFY_ADMIN_TOKEN": SHOPIFY_TOKEN,
         "SHOPIFY_API_VERSION": SHOPIFY_API_VERSION,

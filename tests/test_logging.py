@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.logging import configure_logging, get_logger, mask_text, mask_value
 
@@ -96,3 +100,75 @@ def test_pos_serials_in_query_strings_are_masked() -> None:
 
     assert "gc20261123a1" not in line
     assert "last4=23a1" in line
+
+
+def test_the_garbled_run_id_of_issue_16_is_kept() -> None:
+    line = "reconcile run 147c0940-edfe-4123-9456-5356cc711799 queued"
+    assert mask_text(line) == line
+
+
+@given(st.uuids())
+def test_uuids_are_never_masked(value: uuid.UUID) -> None:
+    for text in (str(value), f"run {value} done", f"runId={value}", f'{{"runId": "{value}"}}'):
+        assert mask_text(text) == text
+    assert mask_value("run_id", str(value)) == str(value)
+
+
+@given(st.binary(min_size=6, max_size=40).map(bytes.hex).filter(lambda h: not h.isdigit()))
+def test_hex_ids_with_a_letter_are_never_masked(value: str) -> None:
+    assert mask_text(f"id {value} end") == f"id {value} end"
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1970, 1, 1), max_value=datetime(2999, 12, 31), timezones=st.just(UTC)
+    )
+)
+def test_iso_timestamps_are_never_masked(moment: datetime) -> None:
+    for text in (
+        moment.isoformat(),
+        moment.isoformat().replace("+00:00", "Z"),
+        moment.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        moment.strftime("%Y%m%dT%H%M%S.%fZ"),
+    ):
+        assert mask_text(f"at {text}") == f"at {text}"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("card 628000123456", "card ••••3456"),  # 12 digits
+        ("card 6280001234567890123", "card ••••0123"),  # 19 digits
+        ("card 6280 0012 3456 7890 ok", "card ••••7890 ok"),
+        ("card 6280-0012-3456-7890.", "card ••••7890."),
+        ("(6280001234567890)", "(••••7890)"),
+        ('{"number":"6280001234567890"}', '{"number":"••••7890"}'),
+        ("/cards/6280001234567890/balance", "/cards/••••7890/balance"),
+        ("n=6280001234567890&x=1", "n=••••7890&x=1"),
+        ("<CardNumber>6280001234567890</CardNumber>", "<CardNumber>••••7890</CardNumber>"),
+    ],
+)
+def test_card_numbers_standing_alone_are_still_masked(text: str, masked: str) -> None:
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card 62800012345",  # 11 digits: too short for a card
+        "n 62800012345678901234",  # 20 digits: too long for a card
+        "amount 1.628000123456789",  # a decimal's fraction
+        "build 1732352000123.5",
+    ],
+)
+def test_numbers_that_are_not_card_shaped_are_kept(text: str) -> None:
+    assert mask_text(text) == text
+
+
+def test_log_json_unset_means_json_when_stderr_is_not_a_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("INFO", json=None)  # capsys: stderr is not a terminal
+    get_logger("t").info("hello", n=1)
+    (record,) = _records(capsys)
+    assert record["event"] == "hello" and record["n"] == 1

@@ -54,7 +54,7 @@ CARD_B, PIN_B = "6280005555554321", "24681357"
 CARD_C, PIN_C = "6280003333336789", "86420975"
 WRONG_PIN = "11112222"
 SERIAL = "gc7734019926xq"
-ADMIN_TOKEN = "test-admin-token-0123456789"  # tests/conftest.py make_settings
+ADMIN_TOKEN = "test-admin-oua6Df4cIZNy6hMFDLFrsQyJmY2nJnF3"  # tests/conftest.py make_settings
 
 
 def _forms(secret: str) -> set[str]:

@@ -65,7 +65,7 @@ def test_production_mode_lists_every_missing_setting_once(clean_env: pytest.Monk
         "CARD_HASH_KEY",
         "PIN_ENCRYPTION_KEY",
         "SHOPIFY_SHOP_DOMAIN",
-        "SHOPIFY_ADMIN_TOKEN",
+        "SHOPIFY_CLIENT_ID",
         "SHOPIFY_API_SECRET",
         "LIGHTSPEED_ACCOUNT_ID",
         "LIGHTSPEED_REFRESH_TOKEN",
@@ -74,6 +74,7 @@ def test_production_mode_lists_every_missing_setting_once(clean_env: pytest.Monk
 
 
 def test_plan_growth_refuses_enterprise_directions(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SANDBOX", "true")
     clean_env.setenv("PLAN", "growth")
     clean_env.setenv("POS_KIND", "retail")
     clean_env.setenv("CREATE_UPDATE_SHOPIFY_GIFT_CARDS", "true")
@@ -103,6 +104,8 @@ def test_secret_values_never_appear_in_errors(clean_env: pytest.MonkeyPatch) -> 
     text = str(caught.value)
     assert "PIN_ENCRYPTION_KEY:" in text and "ADMIN_TOKEN:" in text
     assert "tiny" not in text and SECRET[:5] not in text
+    clean_env.delenv("PIN_ENCRYPTION_KEY")
+    clean_env.delenv("ADMIN_TOKEN")
     clean_env.setenv("DATABASE_URL", f"mysql://root:{SECRET}@db/x")
     with pytest.raises(SettingsError) as caught:
         load_settings()
@@ -110,18 +113,29 @@ def test_secret_values_never_appear_in_errors(clean_env: pytest.MonkeyPatch) -> 
 
 
 def test_pin_key_forms(clean_env: pytest.MonkeyPatch) -> None:
+    """32 bytes as 64 hex or base64 (either alphabet, padding optional); DESIGN 4 has no passphrase."""
     import base64
 
+    raw = bytes(range(7, 39))
     for value in (
-        "ab" * 32,
-        base64.b64encode(b"k" * 32).decode(),
-        "a passphrase of more than thirty-two chars",
+        raw.hex(),
+        raw.hex().upper(),
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
     ):
         clean_env.setenv("PIN_ENCRYPTION_KEY", value)
         assert load_settings().pin_encryption_key is not None
+    clean_env.setenv("PIN_ENCRYPTION_KEY", "a passphrase of more than thirty-two chars")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.problems == [
+        "PIN_ENCRYPTION_KEY: must be 32 bytes written as 64 hex characters or base64; "
+        "`giftsync keys` prints fresh values"
+    ]
 
 
 def test_settings_repr_hides_secrets(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("SANDBOX", "true")
     clean_env.setenv("ADMIN_TOKEN", SECRET)
     clean_env.setenv("SHOPIFY_ADMIN_TOKEN", SECRET)
     settings = load_settings()

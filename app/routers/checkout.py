@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from app.money import parse_amount
 from app.problems import Problem, problem_schema
-from app.routers.client import client_address, parse_trusted
+from app.routers.client import client_address
 from app.sync import shadow
 from app.sync.shadow import ApplyRequest, ShadowCardError, ShadowDeps
 
@@ -112,7 +112,7 @@ async def check_balance(
             "invalid_request",
             f"cartTotal: must be above 0.00 and at most {settings.max_cart_total:.2f}",
         )
-    client = client_address(request, parse_trusted(settings.trusted_proxies))
+    client = client_address(request, settings.trusted_proxies)
     try:
         result = await shadow.apply(
             _service(request),

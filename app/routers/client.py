@@ -11,18 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from functools import cache
 
 from fastapi import Request
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@cache
-def parse_trusted(raw: str) -> tuple[Network, ...]:
-    return tuple(
-        ipaddress.ip_network(part.strip(), strict=False) for part in raw.split(",") if part.strip()
-    )
 
 
 def _trusted(address: str, networks: Iterable[Network]) -> bool:
@@ -33,7 +25,8 @@ def _trusted(address: str, networks: Iterable[Network]) -> bool:
     return any(ip in network for network in networks)
 
 
-def client_address(request: Request, trusted: tuple[Network, ...]) -> str:
+def client_address(request: Request, trusted: Iterable[Network]) -> str:
+    trusted = tuple(trusted)
     peer = request.client.host if request.client else "unknown"
     if not trusted or not _trusted(peer, trusted):
         return peer

@@ -1271,10 +1271,10 @@ async def test_from_settings_builds_the_endpoint_and_hides_the_token(fake: FakeS
         sandbox=True,
         shopify_base_url=BASE + "/",
         shopify_admin_token=SecretStr(TOKEN),
-        shopify_api_version="2024-10",
+        shopify_api_version="2026-10",
         _env_file=None,
     )
-    respx_route = fake.router.post(f"{BASE}/admin/api/2024-10/graphql.json").mock(side_effect=fake)
+    respx_route = fake.router.post(f"{BASE}/admin/api/2026-10/graphql.json").mock(side_effect=fake)
     fake.handlers["GiftCardsCount"] = lambda v: {
         "giftCardsCount": {"count": 2, "precision": "EXACT"}
     }

@@ -57,7 +57,7 @@ from tests.omni_wiring import Omni
 CLIENT_TIMEOUT = 0.3
 # A fault's latency: far beyond every client timeout (the client gives up long before).
 SLOW_MS = 30_000.0
-WEBHOOK_SECRET = "test_secret_key"  # tests/conftest.py make_settings' shopify_api_secret
+WEBHOOK_SECRET = "shpss_test_7204f8ff39c46c2d"  # conftest make_settings
 
 Match = Callable[[httpx.Request], bool]
 

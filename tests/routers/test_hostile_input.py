@@ -38,7 +38,7 @@ from tests.wiring import Upstreams, shadow_upstreams
 
 CARD = "6280001234567890"
 PIN = "4321"
-SECRET = "test_secret_key"  # make_settings' shopify_api_secret
+SECRET = "shpss_test_7204f8ff39c46c2d"  # make_settings' shopify_api_secret
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 TABLES = ("shadow_cards", "ledger", "jobs", "webhook_inbox", "findings", "gift_cards")
 VALID = {"viiCardNumber": CARD, "viiCardPin": PIN, "cartTotal": "20.00", "checkoutToken": "c-1"}

@@ -16,7 +16,7 @@ from app.db.jobs import enqueue
 from app.main import create_app
 from app.runtime import Runtime
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-oua6Df4cIZNy6hMFDLFrsQyJmY2nJnF3"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 FULL_VII_NUMBER = "6280001234567890"
 FULL_SHOPIFY_CODE = "ABCD1234EFGH5678"

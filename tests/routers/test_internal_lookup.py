@@ -17,9 +17,9 @@ from app.main import create_app
 from app.runtime import Runtime
 from app.sync.operator import serial_hash
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-oua6Df4cIZNy6hMFDLFrsQyJmY2nJnF3"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-HASH_KEY = "test-card-hash-key-0123456789"
+HASH_KEY = "57f387c85fb633f1851f213a74ab906eebf2e168fc78961d7bcd89af05c70e04"
 SERIAL = "GC00ab12CD34"
 VII_NUMBER = "6280001234567890"
 
@@ -323,7 +323,7 @@ async def test_control_characters_in_a_filter_are_422_not_500(
 ) -> None:
     response = await client.get(
         f"/internal/cards?{query}",
-        headers={"Authorization": "Bearer test-admin-token-0123456789"},
+        headers={"Authorization": "Bearer test-admin-oua6Df4cIZNy6hMFDLFrsQyJmY2nJnF3"},
     )
 
     assert response.status_code == 422

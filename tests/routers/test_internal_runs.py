@@ -19,7 +19,7 @@ from app.sync import runs
 from app.worker import Worker
 from tests.conftest import make_settings
 
-ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_TOKEN = "test-admin-oua6Df4cIZNy6hMFDLFrsQyJmY2nJnF3"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [

@@ -38,7 +38,7 @@ from app.runtime import Runtime
 from app.worker import Worker
 from tests.wiring import shadow_upstreams
 
-ADMIN_TOKEN = "test-admin-token-0123456789"  # make_settings' admin_token
+ADMIN_TOKEN = "test-admin-oua6Df4cIZNy6hMFDLFrsQyJmY2nJnF3"  # make_settings' admin_token
 BASE_URL = "http://giftsync.test"
 POSITIVE_EXAMPLES = 30
 NEGATIVE_EXAMPLES = 20

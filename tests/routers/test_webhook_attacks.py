@@ -32,7 +32,7 @@ from app.sync.shadow import CLOSE_JOB
 from app.worker import Worker
 from tests.wiring import Upstreams, shadow_upstreams
 
-SECRET = "test_secret_key"  # make_settings' shopify_api_secret
+SECRET = "shpss_test_7204f8ff39c46c2d"  # make_settings' shopify_api_secret
 PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 CARD = "6280001234567890"
 PIN = "4321"

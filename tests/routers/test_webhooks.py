@@ -16,7 +16,7 @@ from app.runtime import Runtime
 from app.sync.inbox import Delivery
 from app.worker import Worker
 
-SECRET = "test_secret_key"
+SECRET = "shpss_test_7204f8ff39c46c2d"
 
 
 def signed(body: bytes, secret: str = SECRET, **headers: str) -> dict[str, str]:

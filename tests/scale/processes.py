@@ -54,8 +54,8 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
 STOP_GRACE = 5.0
 
-ADMIN_TOKEN = "scale-admin-token-0123456789"
-SHOPIFY_API_SECRET = "scale-webhook-secret-0123456789"
+ADMIN_TOKEN = "scale-admin-qK3vN8xT2mR6wL9pB4hZ7cJ5dF1"
+SHOPIFY_API_SECRET = "shpss_scale_9e41c7b25a0d3f68"
 
 # Every process `giftsync worker` runs with, plus the debug lines of `app.worker` only (one
 # `job_done` per job, naming it), so a test can tell which worker ran which job.
@@ -253,7 +253,7 @@ def giftsync_env(database_url: str, sims: Simulators, **overrides: str) -> dict[
         {
             "DATABASE_URL": database_url,
             "ADMIN_TOKEN": ADMIN_TOKEN,
-            "CARD_HASH_KEY": "scale-card-hash-key-0123456789",
+            "CARD_HASH_KEY": "c41e9a07d25b836f1e0a94c7b3d6582f9a1c07e4b6d35f28a90e1c7d4b2f6a35",
             "PIN_ENCRYPTION_KEY": PIN_KEY_HEX,
             "SHOPIFY_API_SECRET": SHOPIFY_API_SECRET,
             "POS_KIND": "retail",

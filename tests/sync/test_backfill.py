@@ -43,7 +43,7 @@ from tests.conftest import make_settings
 from tests.omni_wiring import POS_VARIANTS, Omni, omni_upstreams
 
 PREFIX = "7000"
-HASH_KEY = "test-card-hash-key-0123456789"  # make_settings() in tests/conftest.py
+HASH_KEY = "57f387c85fb633f1851f213a74ab906eebf2e168fc78961d7bcd89af05c70e04"  # make_settings() in tests/conftest.py
 
 
 @pytest.fixture

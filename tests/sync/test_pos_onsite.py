@@ -24,7 +24,7 @@ from app.sync.pos import PosChange, PosCustomer, PosGiftCards
 from app.sync.pos_onsite import OnSitePos
 from tests.conftest import PIN_KEY_HEX
 
-HASH_KEY = "test-card-hash-key-0123456789"
+HASH_KEY = "57f387c85fb633f1851f213a74ab906eebf2e168fc78961d7bcd89af05c70e04"
 SERIAL = "ONSITE00001234"
 OTHER = "ONSITE00005678"
 
