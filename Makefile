@@ -34,6 +34,12 @@ test-python: $(STAMP)
 test-js: $(NODE_STAMP)
 	npm --prefix shopify test
 
+## Mutation testing of the pure money rules; lists the mutants the tests let live.
+mutation: $(STAMP)
+	rm -rf mutants
+	$(BIN)/mutmut run || true
+	$(BIN)/mutmut results
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -12,6 +12,7 @@ from app.activity import RequestActivity
 from app.logging import configure_logging, get_logger
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
+from app.response_headers import ResponseHeadersMiddleware
 from app.routers import checkout, demo, health, internal, webhooks
 from app.runtime import Runtime, build_runtime
 from app.settings import load_settings
@@ -56,6 +57,7 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     if runtime is not None:
         app.state.runtime = runtime
     app.state.activity = activity
+    app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, activity=activity)
     install_problem_handlers(app)
     app.include_router(health.router)

@@ -158,3 +158,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(ROOT / "tests")
     yield monkeypatch
+
+
+# The shop fixtures (tests/shop.py) serve tests in several folders.
+from tests.shop import capture_frees_rest, shop  # noqa: E402, F401

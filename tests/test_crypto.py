@@ -16,6 +16,7 @@ from app.crypto import (
 )
 from app.keys import legacy_passphrase_key
 from tests.conftest import PIN_KEY_HEX
+from tests.pure import clean_database  # noqa: F401
 
 
 def test_card_hash_is_keyed_and_stable() -> None:

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.logging import configure_logging, get_logger, mask_text, mask_value
+from tests.pure import clean_database  # noqa: F401
 
 
 @pytest.fixture

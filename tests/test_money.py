@@ -5,6 +5,7 @@ from decimal import Decimal
 import pytest
 
 from app.money import format_minor, parse_amount, to_minor
+from tests.pure import clean_database  # noqa: F401
 
 
 @pytest.mark.parametrize(

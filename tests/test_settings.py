@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 
 from app.settings import SettingsError, load_settings
+from tests.pure import clean_database  # noqa: F401
 
 SECRET = "s3cret-value-that-must-not-print"
 

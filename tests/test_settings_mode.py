@@ -11,6 +11,7 @@ import pytest
 
 from app.settings import CheckoutAuth, Settings, SettingsError, load_settings
 from app.settings.environment import edit_distance, misspellings
+from tests.pure import clean_database  # noqa: F401
 from tests.test_settings_secrets import ADMIN, HASH_KEY, PIN_KEY, SHOPIFY_SECRET
 
 # The names DESIGN section 4 gives (issue 16 added the Shopify app, proxy, alert and POS ones).

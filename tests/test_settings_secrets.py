@@ -16,6 +16,7 @@ from app.keys import generate_keys, legacy_passphrase_key
 from app.runtime import with_sandbox_secrets
 from app.settings import Settings, SettingsError, decode_key, load_settings
 from app.settings.strength import is_placeholder
+from tests.pure import clean_database  # noqa: F401
 
 ADMIN = "adm-9Vq4Lx7Rt2Wz5Kp8Nc3Hj6Bf1Gs0Dm"
 HASH_KEY = "8c1f4e7a2d5b9036c8e1f4a7d2b5e9036c1f8e4a7d2b5c9e036f1a8d4c7b2e59"

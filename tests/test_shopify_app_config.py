@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.shopify_app_config import render_app_toml
+from tests.pure import clean_database  # noqa: F401
 
 SHOPIFY_DIR = Path(__file__).resolve().parent.parent / "shopify"
 

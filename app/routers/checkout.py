@@ -11,7 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from app.money import parse_amount
 from app.problems import Problem, problem_schema
-from app.routers.client import client_address
+from app.routers.checkout_auth import checkout_client, proxy_caller
 from app.sync import shadow
 from app.sync.shadow import ApplyRequest, ShadowCardError, ShadowDeps
 
@@ -101,9 +101,38 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/check-balance", response_model=CheckBalanceAnswer, responses=_ERRORS)
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: problem_schema("`invalid_session_token` (or `invalid_proxy_signature` on /proxy)"),
+}
+
+
+@router.post(
+    "/check-balance", response_model=CheckBalanceAnswer, responses={**_ERRORS, **_AUTH_ERRORS}
+)
 async def check_balance(
     body: CheckBalanceBody, request: Request, response: Response
+) -> CheckBalanceAnswer:
+    """From the checkout UI extension (session token) or, in open mode, anyone."""
+    settings = request.app.state.runtime.settings
+    client = checkout_client(request, settings)
+    return await _check_balance(body, request, response, client)
+
+
+@router.post(
+    "/proxy/check-balance",
+    response_model=CheckBalanceAnswer,
+    responses={**_ERRORS, **_AUTH_ERRORS},
+)
+async def proxy_check_balance(
+    body: CheckBalanceBody, request: Request, response: Response
+) -> CheckBalanceAnswer:
+    """From the theme app block through Shopify's app proxy (signed query)."""
+    client = proxy_caller(request, request.app.state.runtime.settings)
+    return await _check_balance(body, request, response, client)
+
+
+async def _check_balance(
+    body: CheckBalanceBody, request: Request, response: Response, client: str
 ) -> CheckBalanceAnswer:
     settings = request.app.state.runtime.settings
     if body.cartTotal <= 0 or body.cartTotal > settings.max_cart_total:
@@ -112,7 +141,6 @@ async def check_balance(
             "invalid_request",
             f"cartTotal: must be above 0.00 and at most {settings.max_cart_total:.2f}",
         )
-    client = client_address(request, settings.trusted_proxies)
     try:
         result = await shadow.apply(
             _service(request),
@@ -142,14 +170,26 @@ async def check_balance(
     )
 
 
-@router.post(
-    "/check-balance/release",
-    responses={
-        404: problem_schema("No such shadow card"),
-        422: problem_schema("`invalid_request`"),
-    },
-)
+_RELEASE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_AUTH_ERRORS,
+    404: problem_schema("No such shadow card"),
+    422: problem_schema("`invalid_request`"),
+}
+
+
+@router.post("/check-balance/release", responses=_RELEASE_ERRORS)
 async def release(body: ReleaseBody, request: Request) -> dict[str, bool]:
+    checkout_client(request, request.app.state.runtime.settings)
+    return await _release(body, request)
+
+
+@router.post("/proxy/check-balance/release", responses=_RELEASE_ERRORS)
+async def proxy_release(body: ReleaseBody, request: Request) -> dict[str, bool]:
+    proxy_caller(request, request.app.state.runtime.settings)
+    return await _release(body, request)
+
+
+async def _release(body: ReleaseBody, request: Request) -> dict[str, bool]:
     try:
         await shadow.release(_service(request), body.checkoutToken, body.shopifyGiftCardCode)
     except ShadowCardError as error:

@@ -15,6 +15,7 @@ from app.sync.merge import (
     move_key,
     plan_merge,
 )
+from tests.pure import clean_database  # noqa: F401
 
 # The autouse database fixture of conftest is function scoped; these tests never touch it.
 PROPERTY = settings(
@@ -162,7 +163,11 @@ def test_currency_mismatch_makes_no_moves() -> None:
     assert plan.target_minor == 100
     assert plan.new_base_version == 4
     assert [f.type for f in plan.findings] == ["currency_mismatch"]
-    assert plan.findings[0].evidence["currencies"] == {"shopify": "AUD", "lightspeed": "NZD"}
+    assert plan.findings[0].evidence == {
+        "base_minor": 100,
+        "balances": {"shopify": 70, "lightspeed": 80},
+        "currencies": {"shopify": "AUD", "lightspeed": "NZD"},
+    }
     assert not in_sync(plan)
 
 
@@ -217,20 +222,35 @@ def test_reload_on_enabled_side_while_other_disabled_is_a_status_conflict() -> N
 
 
 @pytest.mark.parametrize(
-    ("card_id", "base", "version", "states"),
+    ("card_id", "base", "version", "states", "why"),
     [
-        ("card-1", 100, 0, []),
-        ("card-1", 100, 0, [state("shopify", 1), state("shopify", 2)]),
-        ("card-1", -1, 0, [state("shopify", 1)]),
-        ("card-1", 100, -1, [state("shopify", 1)]),
-        ("", 100, 0, [state("shopify", 1)]),
+        ("card-1", 100, 0, [], "no system states to merge"),
+        ("card-1", 100, 0, [state("shopify", 1), state("shopify", 2)], "more than once"),
+        ("card-1", -1, 0, [state("shopify", 1)], "base balance is negative"),
+        ("card-1", 100, -1, [state("shopify", 1)], "base version is negative"),
+        ("", 100, 0, [state("shopify", 1)], "card_id is empty"),
     ],
 )
 def test_bad_inputs_are_rejected(
-    card_id: str, base: int, version: int, states: list[SystemState]
+    card_id: str, base: int, version: int, states: list[SystemState], why: str
 ) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=why):
         plan_merge(card_id, base, version, states)
+
+
+def test_every_plan_names_its_card() -> None:
+    """Plans travel to jobs by card: each kind of plan must carry the card it is for."""
+    mismatch = [state("shopify", 70, currency="AUD"), state("lightspeed", 80, currency="NZD")]
+    for states in (two(70, 80), two(10, 0), mismatch, two(100, 100)):
+        assert plan_merge("card-9", 100, 1, states).card_id == "card-9"
+
+
+def test_a_plan_with_only_a_finding_is_not_in_sync() -> None:
+    plan = plan_merge(
+        "card-1", 100, 1, [state("shopify", 100, currency="NZD"), state("lightspeed", 100)]
+    )
+    assert plan.moves == () and plan.deactivate == () and plan.findings != ()
+    assert not in_sync(plan)
 
 
 # --- properties -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from app.sync.shadow.gate import CardGate
-from tests.sync.shadow.conftest import CARD, PIN, Shop
+from tests.shop import CARD, PIN, Shop
 
 WRONG = "9999"
 

@@ -12,11 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.sync.shadow import amounts
-
-
-@pytest.fixture(autouse=True)
-def clean_database() -> None:
-    """Pure functions: no database to clean (overrides the suite's autouse fixture)."""
+from tests.pure import clean_database  # noqa: F401
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from app.clients.shopify import ShopifyUserError
 from app.sync.shadow import checkout
-from tests.sync.shadow.conftest import CARD, Shop
+from tests.shop import CARD, Shop
 
 
 class Boom(RuntimeError):

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.sync.shadow.conftest import Shop
+from tests.shop import Shop
 
 pytestmark = pytest.mark.usefixtures("vii_reading")
 

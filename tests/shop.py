@@ -1,4 +1,4 @@
-"""A shop for shadow card tests: giftsync's HTTP app, the worker, Vii and Shopify simulators.
+"""A shop for checkout and shadow card tests: giftsync's HTTP app, the worker, Vii and Shopify simulators.
 
 Everything goes through the real paths: `POST /check-balance`, the webhook inbox and the jobs,
 on real PostgreSQL. Helpers read what a shopper and an auditor would look at: what Shopify's

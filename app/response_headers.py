@@ -1,0 +1,69 @@
+"""Headers every answer carries, in one place: CORS for the two checkout endpoints, and the
+security headers (DESIGN 3; issues 14 and 16).
+
+CORS is answered exactly as Shopify's own app library answers checkout extensions
+(Shopify/shopify-app-js `ensureCORSHeadersFactory`): any origin (`*`, the extension runs in a
+web worker on an origin Shopify may change), methods `POST`, headers `Authorization,
+Content-Type`, never credentials, on preflights and on every answer including problems.
+`Retry-After` is exposed so the extension can honour it. Nothing else gets CORS.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CORS_PATHS = frozenset({"/check-balance", "/check-balance/release"})
+CORS_MAX_AGE_S = 7200
+_CORS = [
+    (b"access-control-allow-origin", b"*"),
+    (b"access-control-expose-headers", b"Retry-After"),
+]
+_PREFLIGHT = [
+    *_CORS,
+    (b"access-control-allow-methods", b"POST"),
+    (b"access-control-allow-headers", b"Authorization, Content-Type"),
+    (b"access-control-max-age", str(CORS_MAX_AGE_S).encode()),
+    (b"vary", b"Origin"),
+]
+_ALWAYS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+_HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+def _served_over_https(scope: Scope) -> bool:
+    """HSTS only when the operator says giftsync is reached over https (`PUBLIC_URL`)."""
+    runtime = getattr(getattr(scope.get("app"), "state", None), "runtime", None)
+    public_url = getattr(getattr(runtime, "settings", None), "public_url", None) or ""
+    return str(public_url).startswith("https://")
+
+
+class ResponseHeadersMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = [*_ALWAYS, *([_HSTS] if _served_over_https(scope) else [])]
+        cors = scope["path"] in CORS_PATHS
+        if cors and scope["method"] == "OPTIONS":
+            await _preflight(send, [*_PREFLIGHT, *extra])
+            return
+        added = [*extra, *(_CORS if cors else [])]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *added]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _preflight(send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
