@@ -71,7 +71,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("card_lockouts")
     op.drop_index("ix_shadow_cards_unsettled", table_name="shadow_cards")
-    op.drop_constraint(op.f("ck_shadow_cards_pin_only_until_settled"), "shadow_cards", type_="check")
+    op.drop_constraint(
+        op.f("ck_shadow_cards_pin_only_until_settled"), "shadow_cards", type_="check"
+    )
     op.execute("UPDATE shadow_cards SET pin_ciphertext = NULL WHERE state <> 'applied'")
     op.create_check_constraint(
         op.f("ck_shadow_cards_pin_only_while_open"),
