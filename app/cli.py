@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from app import cli_setup
 from app.logging import configure_logging
 from app.settings import Settings, SettingsError, load_settings
 
@@ -24,7 +25,7 @@ cli = typer.Typer(
 console = Console(stderr=True)
 
 
-def _settings() -> Settings:
+def settings_or_exit() -> Settings:
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -46,8 +47,16 @@ def serve(
 
     from app.main import create_app
 
-    _settings()
-    uvicorn.run(create_app(run_worker=worker), host=host, port=port, log_config=None)
+    settings_or_exit()
+    # proxy_headers=False: who the client is (PIN limits) is decided by TRUSTED_PROXIES alone
+    # (app/routers/client.py), never by uvicorn trusting X-Forwarded-For from localhost.
+    uvicorn.run(
+        create_app(run_worker=worker),
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=False,
+    )
 
 
 @cli.command()
@@ -55,7 +64,7 @@ def worker() -> None:
     """Run only the worker: jobs, webhook inbox, pollers, expiry, scheduled reconcile."""
     from app.runtime import build_runtime
 
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def main() -> None:
         runtime = await build_runtime(settings)
@@ -76,7 +85,7 @@ def migrate() -> None:
     from app.db.engine import create_engine, resolve_database_url
     from app.db.migrate import current_revision, upgrade_to_head
 
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def main() -> str | None:
         url = resolve_database_url(settings)
@@ -96,7 +105,7 @@ def sandbox() -> None:
     """Run the upstream simulators alone."""
     from app.sandbox.runner import run_forever
 
-    settings = _settings()
+    settings = settings_or_exit()
     asyncio.run(run_forever(settings))
 
 
@@ -117,7 +126,7 @@ def backfill(
     from app.sync.backfill import BackfillFailed, backfill_command
     from app.sync.runs import DirectionDisabled, NoPos
 
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def main() -> None:
         runtime = await build_runtime(settings)
@@ -146,7 +155,7 @@ def reconcile(
     from app.runtime import build_runtime
     from app.sync.reconcile import reconcile_command
 
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def main() -> None:
         runtime = await build_runtime(settings)
@@ -161,6 +170,10 @@ def reconcile(
         console.print(f"[bold red]cannot reconcile[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
+
+cli.command()(cli_setup.keys)
+cli.add_typer(cli_setup.operators, name="operators")
+cli.add_typer(cli_setup.shopify, name="shopify")
 
 cards = typer.Typer(help="Look at gift cards as giftsync holds them.", no_args_is_help=True)
 cli.add_typer(cards, name="cards")
@@ -181,7 +194,7 @@ def cards_show(
     except ValueError:
         console.print(f"[bold red]not a card id[/] {card_id!r}: expected a UUID", highlight=False)
         raise typer.Exit(2) from None
-    settings = _settings()
+    settings = settings_or_exit()
 
     async def main() -> CardDetail | None:
         # Only the database is needed: no simulators, clients or worker.

@@ -14,6 +14,7 @@ from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
 from app.response_headers import ResponseHeadersMiddleware
 from app.routers import checkout, demo, health, internal, webhooks
+from app.routers.operator_auth import AuditMiddleware
 from app.runtime import Runtime, build_runtime
 from app.settings import load_settings
 
@@ -57,6 +58,7 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     if runtime is not None:
         app.state.runtime = runtime
     app.state.activity = activity
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(ResponseHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware, activity=activity)
     install_problem_handlers(app)

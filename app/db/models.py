@@ -204,12 +204,21 @@ class WebhookDelivery(Base):
             unique=True,
             postgresql_where=text("event_id IS NOT NULL"),
         ),
+        Index(
+            "uq_webhook_inbox_topic_body_sha256",
+            "topic",
+            "body_sha256",
+            unique=True,
+            postgresql_where=text("body_sha256 IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     webhook_id: Mapped[str] = mapped_column(String(255), unique=True)
     event_id: Mapped[str | None] = mapped_column(String(255))
     topic: Mapped[str] = mapped_column(String(128))
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
+    """A signed body replayed under new headers (only the body is signed) is the same delivery."""
     shop_domain: Mapped[str | None] = mapped_column(String(255))
     triggered_at: Mapped[datetime | None]
     payload: Mapped[dict[str, Any]]
@@ -373,3 +382,44 @@ class WorkerHeartbeat(Base):
     worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     started_at: Mapped[datetime] = _created()
     beat_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Operator(Base):
+    """A named operator token (only its hash is kept); ADMIN_TOKEN is the first operator."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = _created()
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """Append-only (a trigger refuses UPDATE and DELETE): every operator action that changes
+    anything, who, when, from where, and a hash of what was sent."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = _created()
+    operator: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(128))
+    status: Mapped[int] = mapped_column(Integer)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+
+
+class AuthFailure(Base):
+    """A failed operator sign-in (bearer or console), counted per address."""
+
+    __tablename__ = "auth_failures"
+    __table_args__ = (Index("ix_auth_failures_address_failed_at", "address", "failed_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))
+    failed_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.sync.readiness import readiness
+from app.readiness import readiness
 
 router = APIRouter(tags=["health"])
 

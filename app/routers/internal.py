@@ -7,48 +7,24 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from app.crypto import constant_time_equal
+from app.db import operators as operators_db
 from app.money import format_minor
 from app.problems import Problem, problem_schema
+from app.routers.operator_auth import require_operator
 from app.sync import operator, runs, shadow
 from app.sync.operator import CardDetail, CardMatch, JobState, JobSummary
 from app.sync.runs import BackfillRequest, RunView
 
-# auto_error=False: a missing header must become our 401 problem, not FastAPI's own answer.
-_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer $ADMIN_TOKEN`")
-
-
-async def require_admin(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Refuse unless the bearer token equals ADMIN_TOKEN, compared in constant time.
-
-    With no ADMIN_TOKEN configured every request is refused: an unset token must not open
-    the operator API.
-    """
-    expected = request.app.state.runtime.settings.admin_token
-    if (
-        expected is None
-        or credentials is None
-        or not constant_time_equal(expected.get_secret_value(), credentials.credentials)
-    ):
-        raise Problem(
-            401,
-            "unauthorized",
-            "A valid admin bearer token is required.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
 router = APIRouter(
     prefix="/internal",
     tags=["internal"],
-    dependencies=[Depends(require_admin)],
-    responses={401: problem_schema("`unauthorized`: admin bearer token missing or wrong.")},
+    dependencies=[Depends(require_operator)],
+    responses={
+        401: problem_schema("`unauthorized`: operator bearer token missing or wrong."),
+        429: problem_schema("`too_many_attempts`: too many failed sign-ins from this address."),
+    },
 )
 
 _INVALID = problem_schema("`invalid_request`")
@@ -492,5 +468,47 @@ async def clear_lockout(request: Request, body: LockoutClearBody) -> LockoutClea
         raise Problem(503, "vii_unavailable", "Vii is not configured.")
     vii_hash = deps.secrets.card_hash(body.viiCardNumber)
     async with deps.sessions() as session:
-        cleared = await shadow.clear_lockout(session, vii_hash, operator="admin")
+        cleared = await shadow.clear_lockout(session, vii_hash, operator=request.state.operator)
     return LockoutClearAnswer(cleared=cleared)
+
+
+class AuditAnswer(BaseModel):
+    id: int
+    at: str
+    operator: str
+    address: str
+    action: str
+    status: int
+    bodySha256: str
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditAnswer]
+    nextBefore: int | None
+    """Pass as `before` for the next (older) page; null on the last one."""
+
+
+@router.get("/audit", response_model=AuditPage, responses={422: _INVALID})
+async def audit_log(
+    request: Request,
+    before: Annotated[int | None, Query(ge=1, le=_MAX_JOB_ID)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> AuditPage:
+    """Every operator action that changed anything, newest first."""
+    async with request.app.state.runtime.sessions() as session:
+        rows = await operators_db.audit_page(session, before_id=before, limit=limit)
+    return AuditPage(
+        entries=[
+            AuditAnswer(
+                id=row.id,
+                at=_iso(row.at) or "",
+                operator=row.operator,
+                address=row.address,
+                action=row.action,
+                status=row.status,
+                bodySha256=row.body_sha256,
+            )
+            for row in rows
+        ],
+        nextBefore=rows[-1].id if len(rows) == limit else None,
+    )

@@ -199,6 +199,14 @@ def _parse_payload(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def _refuse_other_shops(ours: str | None, given: str | None) -> None:
+    """A body signed with our secret for another shop (another install of the app) is not ours."""
+    if ours is None:
+        return
+    if given is None or not hmac.compare_digest(given.lower(), ours.lower()):
+        raise Problem(401, "unknown_shop", "This webhook is for another shop.")
+
+
 @router.post(
     "/webhooks/shopify",
     response_model=WebhookAck,
@@ -206,7 +214,10 @@ def _parse_payload(body: bytes) -> dict[str, Any]:
         400: problem_schema(
             "`missing_header`, `invalid_header` or `invalid_json` (not a JSON object)."
         ),
-        401: problem_schema("`invalid_hmac`: `X-Shopify-Hmac-Sha256` missing or wrong."),
+        401: problem_schema(
+            "`invalid_hmac`: `X-Shopify-Hmac-Sha256` missing or wrong; `unknown_shop`: "
+            "`X-Shopify-Shop-Domain` is not SHOPIFY_SHOP_DOMAIN."
+        ),
         413: problem_schema("`payload_too_large`: body over 1 MiB."),
         415: problem_schema("`unsupported_media_type`: not uncompressed application/json."),
     },
@@ -224,6 +235,7 @@ async def shopify_webhook(request: Request) -> WebhookAck:
     webhook_id = _required_header(request, "X-Shopify-Webhook-Id", _OPAQUE_ID)
     event_id = _optional_header(request, "X-Shopify-Event-Id", _OPAQUE_ID)
     shop_domain = _optional_header(request, "X-Shopify-Shop-Domain", _SHOP_DOMAIN)
+    _refuse_other_shops(runtime.settings.shopify_shop_domain, shop_domain)
     _check_media_type(request)
     payload = _parse_payload(body)
     triggered_at = _parse_time(request.headers.get("x-shopify-triggered-at"))
@@ -242,6 +254,7 @@ async def shopify_webhook(request: Request) -> WebhookAck:
         shop_domain=shop_domain,
         triggered_at=triggered_at,
         payload=payload,
+        body_sha256=hashlib.sha256(body).hexdigest(),
     )
     if created and runtime.worker is not None:
         runtime.worker.wake()

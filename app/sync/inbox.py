@@ -80,8 +80,10 @@ def storable_json(payload: dict[str, Any]) -> str:
 _STORE = text(
     """
     WITH delivery AS (
-        INSERT INTO webhook_inbox (webhook_id, event_id, topic, shop_domain, triggered_at, payload)
-        VALUES (:webhook_id, :event_id, :topic, :shop, :triggered_at, CAST(:payload AS jsonb))
+        INSERT INTO webhook_inbox (webhook_id, event_id, topic, body_sha256, shop_domain,
+                                   triggered_at, payload)
+        VALUES (:webhook_id, :event_id, :topic, :body_sha256, :shop, :triggered_at,
+                CAST(:payload AS jsonb))
         ON CONFLICT DO NOTHING
         RETURNING id
     ), job AS (
@@ -105,6 +107,7 @@ async def store_delivery(
     shop_domain: str | None,
     triggered_at: datetime | None,
     payload: dict[str, Any],
+    body_sha256: str | None = None,
 ) -> bool:
     """True when this delivery is new and was queued for processing.
 
@@ -120,6 +123,7 @@ async def store_delivery(
                     "webhook_id": webhook_id,
                     "event_id": event_id,
                     "topic": topic,
+                    "body_sha256": body_sha256,
                     "shop": shop_domain,
                     "triggered_at": triggered_at,
                     "payload": storable_json(payload),
