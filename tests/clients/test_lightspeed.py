@@ -23,10 +23,11 @@ from app.clients.lightspeed import (
     card_money,
 )
 from app.db.engine import SessionFactory
-from app.db.tokens import DbTokenStore, MemoryTokenStore, TokenSet, TokenStore
+from app.db.tokens import DbTokenStore, TokenSet, TokenStore
 from app.sandbox.faults import Faults
 from app.sandbox.lightspeed import LightspeedSimulator
 from app.settings import BalanceSign
+from tests.memory_tokens import MemoryTokenStore
 
 BASE = "https://ls.test"
 TOKEN_URL = f"{BASE}/auth/oauth/token"
