@@ -39,12 +39,14 @@ from app.clients.lightspeed.models import (
     LsGiftCardPayment,
     as_bool,
     as_list,
+    first_of_type,
     iso,
     money_text,
     optional_id,
     parse_customer,
     parse_gift_card,
     parse_payment,
+    payment_from_sale,
 )
 from app.clients.lightspeed.oauth import TokenKeeper
 from app.clients.lightspeed.pacing import Interval, LeakyBucket, Sleep, sale_cost
@@ -283,7 +285,7 @@ class LightspeedClient:
                 "Sale.json",
                 sale,
                 cost=sale_cost(2, completed=True),
-                read=lambda body: _payment_from_sale(body, reference),
+                read=lambda body: payment_from_sale(body, reference),
             )
 
         return await self._delivery.write(
@@ -315,8 +317,8 @@ class LightspeedClient:
                     for item in as_list(body.get("PaymentType") if body else None)
                     if not as_bool(item.get("archived"))
                 ]
-                gift = _first_of_type(types, "gift card")
-                cash = _first_of_type(types, "cash")
+                gift = first_of_type(types, "gift card")
+                cash = first_of_type(types, "cash")
                 if gift is None or cash is None:
                     raise LightspeedError(
                         "Lightspeed account has no gift card or cash payment type",
@@ -432,31 +434,12 @@ class LightspeedClient:
             await self._sleep_hook(wait)
 
 
-def _payment_from_sale(body: Mapping[str, Any], reference: str) -> LsGiftCardPayment:
-    for sale in as_list(body.get("Sale")):
-        payments = sale.get("SalePayments")
-        nested = payments.get("SalePayment") if isinstance(payments, dict) else None
-        for item in as_list(nested):
-            if item.get("remoteReference") == reference:
-                return parse_payment(item, completed=as_bool(sale.get("completed")))
-    raise LightspeedUnavailable("Lightspeed answered the sale without our payment")
-
-
 def _positive(amount: Decimal) -> Decimal:
     if not amount.is_finite() or amount <= 0:
         raise ValueError("amount must be a positive decimal")
     if amount != amount.quantize(Decimal("0.01")):
         raise ValueError("amount has more than two decimal places")
     return amount
-
-
-def _first_of_type(types: list[dict[str, Any]], kind: str) -> str | None:
-    matching = [
-        str(item["paymentTypeID"])
-        for item in types
-        if str(item.get("type", "")).strip().lower() == kind and item.get("paymentTypeID")
-    ]
-    return min(matching, key=lambda value: (len(value), value)) if matching else None
 
 
 def _json_body(response: httpx.Response) -> dict[str, Any] | None:

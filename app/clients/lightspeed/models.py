@@ -150,3 +150,22 @@ def parse_customer(item: Mapping[str, Any]) -> LsCustomer:
         first_name=_optional(item.get("firstName")),
         last_name=_optional(item.get("lastName")),
     )
+
+
+def payment_from_sale(body: Mapping[str, Any], reference: str) -> LsGiftCardPayment:
+    for sale in as_list(body.get("Sale")):
+        payments = sale.get("SalePayments")
+        nested = payments.get("SalePayment") if isinstance(payments, dict) else None
+        for item in as_list(nested):
+            if item.get("remoteReference") == reference:
+                return parse_payment(item, completed=as_bool(sale.get("completed")))
+    raise LightspeedUnavailable("Lightspeed answered the sale without our payment")
+
+
+def first_of_type(types: list[dict[str, Any]], kind: str) -> str | None:
+    matching = [
+        str(item["paymentTypeID"])
+        for item in types
+        if str(item.get("type", "")).strip().lower() == kind and item.get("paymentTypeID")
+    ]
+    return min(matching, key=lambda value: (len(value), value)) if matching else None
