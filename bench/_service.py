@@ -19,7 +19,6 @@ from starlette.types import ASGIApp
 
 from app.clients.factory import Clients
 from app.clients.shopify import ShopifyClient
-from app.clients.transport import AiohttpTransport
 from app.clients.vii import ViiClient
 from app.db.engine import create_engine, session_factory
 from app.logging import configure_logging
@@ -37,7 +36,7 @@ _CLIENT_LIMITS = httpx.Limits(max_connections=200, keepalive_expiry=5.0)
 
 
 def _timed() -> TimedTransport:
-    return TimedTransport(AiohttpTransport(limits=_CLIENT_LIMITS))
+    return TimedTransport(httpx.AsyncHTTPTransport(limits=_CLIENT_LIMITS))
 
 
 def create() -> ASGIApp:

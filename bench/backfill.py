@@ -236,7 +236,6 @@ async def _run_backfill(
     from app.clients.lightspeed import LightspeedClient
     from app.clients.shopify import ShopifyClient
     from app.db.engine import session_factory
-    from app.db.tokens import MemoryTokenStore
     from app.logging import configure_logging
     from app.sandbox.lightspeed import (
         DEFAULT_ACCOUNT_ID,
@@ -248,6 +247,7 @@ async def _run_backfill(
     from app.sync.backfill import Backfill
     from app.sync.omni import OmniSync
     from app.sync.pos_lightspeed import LightspeedPos
+    from tests.memory_tokens import MemoryTokenStore
 
     configure_logging("WARNING", json=True)
     settings = Settings(

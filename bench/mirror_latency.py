@@ -51,7 +51,6 @@ from app.clients.shopify import ShopifyClient  # noqa: E402
 from app.db.embedded import start_embedded  # noqa: E402
 from app.db.engine import asyncpg_url, create_engine, session_factory  # noqa: E402
 from app.db.migrate import upgrade_to_head  # noqa: E402
-from app.db.tokens import MemoryTokenStore  # noqa: E402
 from app.logging import configure_logging  # noqa: E402
 from app.main import create_app  # noqa: E402
 from app.runtime import Runtime, install_features  # noqa: E402
@@ -61,6 +60,7 @@ from app.sandbox.shopify import ShopifySimulator  # noqa: E402
 from app.settings import BalanceSign, PosKind, Settings  # noqa: E402
 from app.sync.omni import OmniSync  # noqa: E402
 from app.sync.pos_factory import build_pos  # noqa: E402
+from tests.memory_tokens import MemoryTokenStore  # noqa: E402
 
 DATABASE = "giftsync_bench_mirror"
 SECRET = "bench-webhook-secret"

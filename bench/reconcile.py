@@ -346,13 +346,13 @@ def measure(
     from app.clients.lightspeed import LightspeedClient
     from app.clients.shopify import ShopifyClient
     from app.db.engine import session_factory
-    from app.db.tokens import MemoryTokenStore
     from app.logging import configure_logging
     from app.settings import BalanceSign, PosKind, Settings
     from app.sync import runs
     from app.sync.omni import OmniSync
     from app.sync.pos_lightspeed import LightspeedPos
     from app.sync.reconcile import Reconciler
+    from tests.memory_tokens import MemoryTokenStore
 
     configure_logging("WARNING")
 

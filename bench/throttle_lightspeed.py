@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 
 from app.clients.lightspeed import LightspeedClient
-from app.db.tokens import MemoryTokenStore
 from app.sandbox.lightspeed import LightspeedSimulator
+from tests.memory_tokens import MemoryTokenStore
 
 BUCKET_SIZE = 90
 BASE_DRIP = 1.0

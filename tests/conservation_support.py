@@ -24,7 +24,6 @@ from app.clients.lightspeed import LightspeedClient
 from app.clients.shopify import ShopifyClient
 from app.clients.vii import ViiClient
 from app.db.engine import create_engine, session_factory, transaction
-from app.db.tokens import MemoryTokenStore
 from app.main import create_app
 from app.runtime import Runtime, install_features
 from app.sandbox.faults import Faults
@@ -42,6 +41,7 @@ from app.sync.shadow import ShadowDeps
 from app.sync.shadow.gate import CardGate
 from app.worker import Worker
 from tests.conftest import make_settings
+from tests.memory_tokens import MemoryTokenStore
 
 UPSTREAM_TIMEOUT_S = 0.75
 """Client deadline: far above an in-process answer, and what a lost answer costs."""

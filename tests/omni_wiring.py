@@ -14,7 +14,6 @@ from app.clients.factory import Clients
 from app.clients.lightspeed import LightspeedClient
 from app.clients.onsite import OnSiteClient
 from app.clients.shopify import ShopifyClient
-from app.db.tokens import MemoryTokenStore
 from app.runtime import Runtime, install_features
 from app.sandbox.faults import Faults
 from app.sandbox.lightspeed import LightspeedSimulator
@@ -26,6 +25,7 @@ from app.sync.omni_polling import OmniPollers, install_omni
 from app.sync.pos import PosGiftCards
 from app.sync.pos_factory import build_pos
 from app.worker import Worker
+from tests.memory_tokens import MemoryTokenStore
 
 # (pos kind, Lightspeed balance sign): every omni test runs on each.
 POS_VARIANTS = [("retail", "negative"), ("retail", "positive"), ("onsite", "negative")]

@@ -1,5 +1,20 @@
 """Errors every upstream client raises; each client subclasses them with its own detail.
 
+    UpstreamError
+    +- UpstreamUnavailable  not sent, or no answer after every safe retry (`retry_after`)
+    +- UnknownOutcome       a write's answer was lost and no look-up could settle it (`reference`)
+    +- UpstreamRejected     the upstream refused (`code`)
+
+Each client's own classes live in its package and are importable from it, e.g.
+`app.clients.vii`: ViiUnavailable, ViiUnknownOutcome, ViiError and its declines (ViiInvalidPin,
+ViiInsufficientFunds, ViiCardInactive, ViiUnknownCard, ViiAuthFailed, ViiHoldNotFound);
+`app.clients.shopify`: ShopifyUnavailable, ShopifyUnknownOutcome, ShopifyUserError and its kinds
+(ShopifyCodeTaken, ShopifyInsufficientFunds, ShopifyNotFound, ShopifyInvalidInput);
+`app.clients.lightspeed`: LightspeedUnavailable, LightspeedUnknownOutcome, LightspeedError,
+LightspeedAuthError; `app.clients.onsite`: OnSiteUnavailable, OnSiteUnknownOutcome, OnSiteError,
+OnSiteAuthError. Catch them by class. `app/clients/delivery.py` decides which of the first two a
+failure becomes.
+
 Messages never carry a PIN, a full card number or a credential: they are shown to operators,
 stored on job rows and logged.
 """

@@ -6,7 +6,6 @@ refreshing at once would lock one of them (and, if the loser saved last, every p
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,27 +38,6 @@ class SupportsRefreshLock(Protocol):
     """A store that can make one process at a time spend the refresh token."""
 
     def refresh_lock(self) -> AbstractAsyncContextManager[None]: ...
-
-
-class MemoryTokenStore(TokenStore):
-    """Tokens in this process only: tests and the sandbox, where nothing outlives the process."""
-
-    def __init__(self, tokens: TokenSet | None = None) -> None:
-        self.tokens = tokens
-        self.saves = 0
-        self._lock = asyncio.Lock()
-
-    async def load(self) -> TokenSet | None:
-        return self.tokens
-
-    async def save(self, tokens: TokenSet) -> None:
-        self.tokens = tokens
-        self.saves += 1
-
-    @asynccontextmanager
-    async def refresh_lock(self) -> AsyncIterator[None]:
-        async with self._lock:
-            yield
 
 
 class DbTokenStore(TokenStore):

@@ -17,15 +17,17 @@ from app.clients.lightspeed import (
     LightspeedAuthError,
     LightspeedClient,
     LightspeedError,
+    LightspeedUnavailable,
     LightspeedUnknownOutcome,
     as_list,
     card_money,
 )
 from app.db.engine import SessionFactory
-from app.db.tokens import DbTokenStore, MemoryTokenStore, TokenSet, TokenStore
+from app.db.tokens import DbTokenStore, TokenSet, TokenStore
 from app.sandbox.faults import Faults
 from app.sandbox.lightspeed import LightspeedSimulator
 from app.settings import BalanceSign
+from tests.memory_tokens import MemoryTokenStore
 
 BASE = "https://ls.test"
 TOKEN_URL = f"{BASE}/auth/oauth/token"
@@ -469,6 +471,57 @@ async def test_twice_lost_answer_raises_unknown_outcome() -> None:
     finally:
         await client.aclose()
     assert caught.value.reference == "r-2" and sales.call_count == 2
+
+
+@respx.mock
+async def test_a_sale_answered_503_was_not_sent_and_is_sent_again_without_a_look_up() -> None:
+    mock_payment_types()
+    lookups = respx.get(f"{API}/SalePayment.json").respond(200, json={"@attributes": {}})
+    sales = respx.post(f"{API}/Sale.json")
+    sales.side_effect = [httpx.Response(503), httpx.Response(200, json=sale_answer("r-3"))]
+    client = wire_client()
+    client._sleep = no_sleep
+    try:
+        payment = await client.load_gift_card("7", Decimal("5"), reference="r-3")
+    finally:
+        await client.aclose()
+    assert payment.remote_reference == "r-3"
+    assert sales.call_count == 2 and lookups.call_count == 1  # before the first send only
+
+
+@respx.mock
+async def test_a_sale_never_sent_is_unavailable_not_an_unknown_outcome() -> None:
+    mock_payment_types()
+    respx.get(f"{API}/SalePayment.json").respond(200, json={"@attributes": {}})
+    sales = respx.post(f"{API}/Sale.json").mock(side_effect=httpx.ConnectError("refused"))
+    client = wire_client()
+    client._sleep = no_sleep
+    try:
+        with pytest.raises(LightspeedUnavailable) as caught:
+            await client.redeem_gift_card("7", Decimal("5"), reference="r-4")
+    finally:
+        await client.aclose()
+    assert not isinstance(caught.value, LightspeedUnknownOutcome)
+    assert sales.call_count == 4
+
+
+@respx.mock
+async def test_a_sale_answer_without_our_payment_is_looked_up_as_lost() -> None:
+    mock_payment_types()
+    found = {"SalePayment": sale_answer("r-5")["Sale"]["SalePayments"]["SalePayment"][0]}
+    lookups = respx.get(f"{API}/SalePayment.json")
+    lookups.side_effect = [
+        httpx.Response(200, json={"@attributes": {}}),  # before sending
+        httpx.Response(200, json=found),  # after the unreadable answer: it was applied
+    ]
+    sales = respx.post(f"{API}/Sale.json").respond(200, json={"Sale": {"saleID": "9"}})
+    client = wire_client()
+    try:
+        payment = await client.load_gift_card("7", Decimal("5"), reference="r-5")
+    finally:
+        await client.aclose()
+    assert payment.sale_payment_id == "91" and payment.remote_reference == "r-5"
+    assert sales.call_count == 1 and lookups.call_count == 2
 
 
 async def test_gift_card_payments_since_include_in_store_sales() -> None:

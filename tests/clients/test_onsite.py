@@ -174,7 +174,8 @@ async def test_expired_session_on_write_logs_in_again_and_applies_once() -> None
     client.find_invoice_by_reference = find_then_expire  # type: ignore[method-assign]
     invoice_id = await client.post_balance_move("CARD0002", Decimal("10.00"), reference="r-exp")
     assert [inv.invoice_id for inv in sim.invoices_with_reference("r-exp")] == [invoice_id]
-    assert calls == 2  # looked up again before the re-send
+    # The 401 refused the write, so it is sent again at once: no second look-up is needed.
+    assert calls == 1
     await client.aclose()
 
 
@@ -476,7 +477,7 @@ async def test_unresolvable_lost_answer_is_unknown_outcome_then_retry_finds_it()
     assert lookups.call_count == 3
 
 
-async def test_503_on_write_is_looked_up_then_sent_again() -> None:
+async def test_503_on_write_was_not_sent_and_is_sent_again_without_a_look_up() -> None:
     with respx.mock(base_url=BASE) as mock:
         lookups = mock.get("/api/invoices/").mock(return_value=xml_response(invoices_xml("", 0)))
         post = mock.post("/api/invoices/").mock(
@@ -489,7 +490,25 @@ async def test_503_on_write_is_looked_up_then_sent_again() -> None:
         assert await client.post_balance_move("S", Decimal("1.00"), reference="j") == "77"
         await client.aclose()
     assert post.call_count == 2
-    assert lookups.call_count == 2
+    assert lookups.call_count == 1  # before the first send only
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [httpx.ConnectError("refused"), httpx.ConnectTimeout("slow"), httpx.PoolTimeout("full")],
+    ids=["connect", "connect-timeout", "pool"],
+)
+async def test_a_write_never_sent_is_sent_again(failure: Exception) -> None:
+    with respx.mock(base_url=BASE) as mock:
+        lookups = mock.get("/api/invoices/").mock(return_value=xml_response(invoices_xml("", 0)))
+        post = mock.post("/api/invoices/").mock(
+            side_effect=[failure, xml_response(invoice_xml("78", "2024-05-01T10:00:00Z", "k"), 201)]
+        )
+        client = make_client()
+        assert await client.post_balance_move("S", Decimal("1.00"), reference="k") == "78"
+        await client.aclose()
+    assert post.call_count == 2
+    assert lookups.call_count == 1
 
 
 async def test_500_on_write_is_not_blindly_resent() -> None:
@@ -573,7 +592,19 @@ async def test_reads_retry_on_5xx_then_succeed() -> None:
     assert route.call_count == 3
 
 
-async def test_reads_give_up_as_unavailable_with_retry_after() -> None:
+async def test_reads_give_up_as_unavailable_after_every_attempt() -> None:
+    with respx.mock(base_url=BASE) as mock:
+        route = mock.get("/api/customers/1/").mock(return_value=httpx.Response(429))
+        client = make_client(read_attempts=3)
+        with pytest.raises(OnSiteUnavailable) as caught:
+            await client.get_customer("1")
+        await client.aclose()
+    assert route.call_count == 3
+    assert caught.value.retry_after is None
+
+
+async def test_a_retry_after_beyond_the_policy_is_passed_on_at_once() -> None:
+    # This client's backoff is 0: any wait OnSite asks for is longer than it ever waits.
     with respx.mock(base_url=BASE) as mock:
         route = mock.get("/api/customers/1/").mock(
             return_value=httpx.Response(429, headers={"Retry-After": "7"})
@@ -582,7 +613,7 @@ async def test_reads_give_up_as_unavailable_with_retry_after() -> None:
         with pytest.raises(OnSiteUnavailable) as caught:
             await client.get_customer("1")
         await client.aclose()
-    assert route.call_count == 3
+    assert route.call_count == 1
     assert caught.value.retry_after == 7.0
 
 

@@ -30,7 +30,7 @@ from app.clients.shopify import (
     ShopifyUserError,
     idempotency_key_from_note,
 )
-from app.clients.shopify_queries import ALL_OPERATIONS, BULK_GIFT_CARDS_QUERY
+from app.clients.shopify.queries import ALL_OPERATIONS, BULK_GIFT_CARDS_QUERY
 from app.clients.throttle import CostBucket
 from tests.clients.test_shopify_schema import variable_errors
 
@@ -267,9 +267,6 @@ class CardStore:
         )
 
 
-SENT_DOCUMENTS: list[Sent] = []
-
-
 @pytest.fixture
 def fake() -> Iterator[FakeShopify]:
     shop = FakeShopify()
@@ -283,7 +280,6 @@ def fake() -> Iterator[FakeShopify]:
         assert variable_errors(sent.query, sent.variables) == [], sent.operation
         if sent.operation == "BulkOperationRunQuery":
             assert sent.variables["query"] in ALL_OPERATIONS.values()
-    SENT_DOCUMENTS.extend(shop.sent)
 
 
 @pytest.fixture
@@ -540,13 +536,13 @@ async def test_graphql_errors_without_data_are_rejections(
 
     fake.router["graphql"].mock(side_effect=denied)
     with pytest.raises(ShopifyUserError) as caught:
-        await client.count_gift_cards()
+        await client.get_gift_card("1")
     assert caught.value.code == "ACCESS_DENIED"
     fake.router["graphql"].mock(
         return_value=httpx.Response(401, text="[API] Invalid API key or access token")
     )
     with pytest.raises(ShopifyUserError) as unauthorized:
-        await client.count_gift_cards()
+        await client.get_gift_card("1")
     assert unauthorized.value.code == "UNAUTHORIZED"
     assert TOKEN not in str(unauthorized.value)
 
@@ -615,6 +611,67 @@ async def test_lost_debit_that_was_not_applied_is_sent_once_more(
     assert len(fake.of("GiftCardTransactions")) == 1
     assert move.balance_after == Decimal("15.00")
     assert store.cards[card_id]["balance"]["amount"] == "15.00"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_move_refused_as_busy_was_not_sent_and_is_sent_again_without_a_look_up(
+    fake: FakeShopify, client: ShopifyClient, store: CardStore, status: int
+) -> None:
+    card_id = store.add(1, CODE, "20.00")
+    fake.faults["GiftCardDebit"] = [status]
+    move = await client.debit_gift_card(card_id, Decimal("5.00"), "AUD", idempotency_key="b")
+    assert len(fake.of("GiftCardDebit")) == 2
+    assert fake.of("GiftCardTransactions") == []
+    assert move.balance_after == Decimal("15.00")
+
+
+async def test_an_unreadable_move_answer_is_looked_up_and_sent_again_only_if_absent(
+    fake: FakeShopify, client: ShopifyClient, store: CardStore
+) -> None:
+    card_id = store.add(1, CODE, "20.00")
+    applied = store.move("credit")
+    calls = {"n": 0}
+
+    def unreadable_once(variables: dict[str, Any]) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            # Not applied, and an answer that says nothing readable.
+            return {"giftCardCredit": {"giftCardCreditTransaction": {"id": None}}}
+        return applied(variables)
+
+    fake.handlers["GiftCardCredit"] = unreadable_once
+    move = await client.credit_gift_card(card_id, Decimal("5.00"), "AUD", idempotency_key="u")
+    assert len(fake.of("GiftCardCredit")) == 2
+    assert len(fake.of("GiftCardTransactions")) == 1
+    assert move.balance_after == Decimal("25.00")
+
+
+async def test_an_unreadable_move_answer_that_was_applied_is_found_not_resent(
+    fake: FakeShopify, client: ShopifyClient, store: CardStore
+) -> None:
+    card_id = store.add(1, CODE, "20.00")
+    applied = store.move("debit")
+
+    def applied_unreadable(variables: dict[str, Any]) -> dict[str, Any]:
+        applied(variables)
+        return {"giftCardDebit": {"giftCardDebitTransaction": None, "userErrors": []}}
+
+    fake.handlers["GiftCardDebit"] = applied_unreadable
+    move = await client.debit_gift_card(card_id, Decimal("5.00"), "AUD", idempotency_key="a")
+    assert len(fake.of("GiftCardDebit")) == 1
+    assert move.amount == Decimal("5.00") and move.balance_after is None
+    assert store.cards[card_id]["balance"]["amount"] == "15.00"
+
+
+async def test_a_lost_customer_create_whose_look_up_fails_is_an_unknown_outcome(
+    fake: FakeShopify, client: ShopifyClient
+) -> None:
+    fake.handlers["CustomersByEmail"] = lambda v: {"customers": {"nodes": []}}
+    fake.faults["CustomerCreate"] = ["lost"]
+    fake.faults["CustomersByEmail"] = [None, 502, 502, 502, 502]
+    with pytest.raises(ShopifyUnknownOutcome):
+        await client.find_or_create_customer("ada@example.com")
+    assert len(fake.of("CustomerCreate")) == 1
 
 
 async def test_a_move_lost_twice_is_an_unknown_outcome(
@@ -774,14 +831,6 @@ async def test_updated_since_sorts_newest_first_and_stops_at_the_cursor(
         "reverse": True,
     }
     assert searches[1].variables["after"] == "c1"
-
-
-async def test_count_gift_cards(fake: FakeShopify, client: ShopifyClient) -> None:
-    fake.handlers["GiftCardsCount"] = lambda v: {
-        "giftCardsCount": {"count": 1234, "precision": "EXACT"}
-    }
-    assert await client.count_gift_cards("balance_status:partial") == 1234
-    assert fake.sent[0].variables == {"query": "balance_status:partial"}
 
 
 # --- customers, orders, webhooks --------------------------------------------------------
@@ -1065,10 +1114,8 @@ class FakeTime:
 async def test_throttled_answer_waits_exactly_the_refill_then_retries(fake: FakeShopify) -> None:
     fake_time = FakeTime()
     fake.clock = fake_time.clock
-    fake.handlers["GiftCardsCount"] = lambda v: {
-        "giftCardsCount": {"count": 3, "precision": "EXACT"}
-    }
-    fake.costs["GiftCardsCount"] = 12
+    fake.handlers["GiftCardGet"] = lambda v: {"giftCard": card_node(3)}
+    fake.costs["GiftCardGet"] = 12
     fake.maximum, fake.restore_rate = 100.0, 50.0
     fake.available, fake.updated = 4.0, fake_time.now
     fake.enforce_bucket = True
@@ -1076,28 +1123,27 @@ async def test_throttled_answer_waits_exactly_the_refill_then_retries(fake: Fake
         BASE, TOKEN, VERSION, bucket=CostBucket(clock=fake_time.clock, sleep=fake_time.sleep)
     )
     try:
-        assert await shopify.count_gift_cards() == 3
+        card = await shopify.get_gift_card("3")
     finally:
         await shopify.aclose()
+    assert card is not None and card.id == "gid://shopify/GiftCard/3"
     assert fake.throttled == 1
-    assert len(fake.of("GiftCardsCount")) == 2
+    assert len(fake.of("GiftCardGet")) == 2
     assert fake_time.sleeps == [pytest.approx((12 - 4) / 50, abs=1e-9)]
 
 
 async def test_forced_throttle_is_retried(fake: FakeShopify) -> None:
     fake_time = FakeTime()
-    fake.handlers["GiftCardsCount"] = lambda v: {
-        "giftCardsCount": {"count": 1, "precision": "EXACT"}
-    }
-    fake.faults["GiftCardsCount"] = ["throttled", "throttled"]
+    fake.handlers["GiftCardGet"] = lambda v: {"giftCard": card_node(1)}
+    fake.faults["GiftCardGet"] = ["throttled", "throttled"]
     shopify = ShopifyClient(
         BASE, TOKEN, VERSION, bucket=CostBucket(clock=fake_time.clock, sleep=fake_time.sleep)
     )
     try:
-        assert await shopify.count_gift_cards() == 1
+        assert await shopify.get_gift_card("1") is not None
     finally:
         await shopify.aclose()
-    assert len(fake.of("GiftCardsCount")) == 3
+    assert len(fake.of("GiftCardGet")) == 3
     assert fake.throttled == 2
 
 
@@ -1157,20 +1203,27 @@ async def test_token_and_full_codes_stay_out_of_logs_and_errors(
     await client.aclose()
 
 
-def test_every_document_sent_in_this_module_was_registered() -> None:
-    # Runs last in this file; each test's fixture already checked its own requests.
-    assert {sent.operation for sent in SENT_DOCUMENTS} >= {
+async def test_the_writes_a_lost_answer_needs_send_only_registered_documents(
+    fake: FakeShopify, client: ShopifyClient, store: CardStore
+) -> None:
+    # Self-contained: create, debit and credit each lose an answer and are looked up.
+    store.lose_next_answer.add("GiftCardCreate")
+    created = await client.create_gift_card(Decimal("30.00"), code=CODE)
+    store.lose_next_answer.add("GiftCardDebit")
+    await client.debit_gift_card(created.card.id, Decimal("1.00"), "AUD", idempotency_key="d")
+    fake.faults["GiftCardCredit"] = ["lost"]
+    await client.credit_gift_card(created.card.id, Decimal("1.00"), "AUD", idempotency_key="c")
+    assert [sent.operation for sent in fake.sent] == [
         "GiftCardCreate",
-        "GiftCardCredit",
+        "GiftCardsSearch",
         "GiftCardDebit",
         "GiftCardTransactions",
-        "GiftCardsSearch",
-    }
-    assert all(ALL_OPERATIONS[sent.operation] == sent.query for sent in SENT_DOCUMENTS)
-
-
-def test_graphql_parses_every_sent_document() -> None:
-    for sent in SENT_DOCUMENTS:
+        "GiftCardCredit",
+        "GiftCardTransactions",
+        "GiftCardCredit",
+    ]
+    for sent in fake.sent:
+        assert ALL_OPERATIONS[sent.operation] == sent.query
         graphql.parse(sent.query)
 
 
@@ -1275,12 +1328,10 @@ async def test_from_settings_builds_the_endpoint_and_hides_the_token(fake: FakeS
         _env_file=None,
     )
     respx_route = fake.router.post(f"{BASE}/admin/api/2026-10/graphql.json").mock(side_effect=fake)
-    fake.handlers["GiftCardsCount"] = lambda v: {
-        "giftCardsCount": {"count": 2, "precision": "EXACT"}
-    }
+    fake.handlers["GiftCardGet"] = lambda v: {"giftCard": card_node(2)}
     shopify = ShopifyClient.from_settings(settings)
     try:
-        assert await shopify.count_gift_cards() == 2
+        assert await shopify.get_gift_card("2") is not None
     finally:
         await shopify.aclose()
     assert respx_route.called

@@ -14,7 +14,7 @@ import respx
 from defusedxml import ElementTree as SafeET
 from pydantic import SecretStr
 
-import app.clients.vii as vii_module
+import app.clients.vii.client as vii_module
 from app.clients.errors import UnknownOutcome, UpstreamRejected, UpstreamUnavailable
 from app.clients.vii import (
     ViiAuthFailed,
@@ -372,11 +372,12 @@ async def test_declines_are_not_retried(vii: ViiClient, mock: respx.MockRouter) 
         httpx.ReadTimeout("slow"),
         httpx.RemoteProtocolError("dropped"),
         httpx.ReadError("reset"),
+        httpx.WriteError("broken pipe"),
         httpx.Response(500),
-        httpx.Response(503),
+        httpx.Response(502),
         httpx.Response(200, content=b"<html>oops</html>"),
     ],
-    ids=["timeout", "dropped", "reset", "500", "503", "garbage"],
+    ids=["timeout", "dropped", "reset", "write", "500", "502", "garbage"],
 )
 @pytest.mark.parametrize("operation", ["pre_auth", "redeem"])
 async def test_lost_answers_on_money_moves_are_unknown_outcomes_never_retried(
@@ -395,17 +396,45 @@ async def test_lost_answers_on_money_moves_are_unknown_outcomes_never_retried(
     assert sent(route)[1]["viiTranId"] == tran_id
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ConnectTimeout("no connection"),
+        httpx.PoolTimeout("no pooled connection"),
+        httpx.Response(503),
+        httpx.Response(429),
+    ],
+    ids=["connect", "connect-timeout", "pool", "503", "429"],
+)
 @pytest.mark.parametrize("operation", ["pre_auth", "redeem"])
-async def test_connect_errors_on_money_moves_are_plain_unavailable(
+async def test_money_moves_not_sent_are_sent_again_under_the_same_tran_id(
+    vii: ViiClient, mock: respx.MockRouter, failure: Any, operation: str
+) -> None:
+    approved = answer(**BALANCE_FIELDS, PreAuthCode="PA9")
+    route = mock.post(URL).mock(side_effect=[failure, failure, approved])
+    tran_id = ViiClient.new_tran_id()
+    if operation == "pre_auth":
+        result: Any = await vii.pre_auth(CARD, PIN, Decimal("10.00"), "r", tran_id=tran_id)
+    else:
+        result = await vii.redeem(CARD, PIN, Decimal("10.00"), "r", tran_id=tran_id)
+    assert result.tran_id == tran_id
+    assert route.call_count == 3
+    assert [sent(route, i)[1]["viiTranId"] for i in range(3)] == [tran_id] * 3
+
+
+@pytest.mark.parametrize("operation", ["pre_auth", "redeem"])
+async def test_money_moves_never_sent_give_up_as_plain_unavailable(
     vii: ViiClient, mock: respx.MockRouter, operation: str
 ) -> None:
     route = mock.post(URL).mock(side_effect=httpx.ConnectError("refused"))
-    with pytest.raises(ViiUnavailable):
+    with pytest.raises(ViiUnavailable) as caught:
         if operation == "pre_auth":
             await vii.pre_auth(CARD, PIN, Decimal("10.00"), "r")
         else:
             await vii.redeem(CARD, PIN, Decimal("10.00"), "r")
-    assert route.call_count == 1
+    assert not isinstance(caught.value, UnknownOutcome)
+    assert route.call_count == 3
 
 
 async def test_pre_auth_approved_without_a_code_is_an_unknown_outcome(
@@ -417,13 +446,15 @@ async def test_pre_auth_approved_without_a_code_is_an_unknown_outcome(
     assert caught.value.reference == "t-1"
 
 
-async def test_throttling_is_unavailable_with_retry_after(
+async def test_a_retry_after_beyond_the_policy_is_passed_on_without_waiting(
     vii: ViiClient, mock: respx.MockRouter
 ) -> None:
-    mock.post(URL).mock(return_value=httpx.Response(429, headers={"Retry-After": "7"}))
+    # This client's backoff is 0: any wait Vii asks for is longer than it ever waits.
+    route = mock.post(URL).mock(return_value=httpx.Response(429, headers={"Retry-After": "7"}))
     with pytest.raises(ViiUnavailable) as caught:
         await vii.pre_auth(CARD, PIN, Decimal("10.00"), "r")
     assert caught.value.retry_after == 7.0
+    assert route.call_count == 1
 
 
 # --- garbage -------------------------------------------------------------------------------
@@ -508,11 +539,13 @@ async def test_pin_password_and_card_number_never_reach_logs_errors_or_reprs(
             answer(code="1", message=f"Invalid PIN {PIN} for card {CARD}"),
             answer(code="2", message=f"Insufficient funds on {CARD}", AvailableBalance="1.00"),
             httpx.ReadTimeout("slow"),
+            # Not sent twice, then an answer that cannot be read.
             httpx.Response(503),
             httpx.ConnectError("refused"),
             httpx.Response(200, content=ENTITY_BOMB),
-            answer(**BALANCE_FIELDS, PreAuthCode="PA1"),
         ]
+        + [httpx.ConnectError("refused")] * 3
+        + [answer(**BALANCE_FIELDS, PreAuthCode="PA1")]
         + [httpx.Response(503)] * 3
     )
     seen: list[object] = [vii]
@@ -522,7 +555,6 @@ async def test_pin_password_and_card_number_never_reach_logs_errors_or_reprs(
         lambda: vii.pre_auth(CARD, PIN, Decimal("5.00"), "r"),
         lambda: vii.redeem(CARD, PIN, Decimal("5.00"), "r"),
         lambda: vii.redeem(CARD, PIN, Decimal("5.00"), "r"),
-        lambda: vii.pre_auth(CARD, PIN, Decimal("5.00"), "r"),
         lambda: vii.pre_auth(CARD, PIN, Decimal("5.00"), "r"),
     ):
         with pytest.raises((ViiError, ViiUnavailable, ViiUnknownOutcome)) as caught:

@@ -34,7 +34,6 @@ from app.clients.onsite import OnSiteClient
 from app.clients.shopify import ShopifyClient
 from app.clients.throttle import CostBucket
 from app.clients.vii import ViiClient
-from app.db.tokens import MemoryTokenStore
 from app.main import create_app
 from app.money import from_minor
 from app.runtime import Runtime, install_features
@@ -50,6 +49,7 @@ from app.sync.pos_factory import build_pos
 from app.sync.shadow import ShadowDeps
 from app.sync.shadow.gate import CardGate
 from app.worker import Worker
+from tests.memory_tokens import MemoryTokenStore
 from tests.omni_wiring import Omni
 
 # Short enough that a test with a dozen timed-out calls stays around a second; long enough

@@ -31,7 +31,7 @@ async def test_sandbox_serves_every_simulator_and_clients_reach_them(
             assert clients.vii is not None and clients.shopify is not None
             balance = await clients.vii.check_balance("6280001234567890", "1234")
             assert balance.available == Decimal("50.00")
-            assert await clients.shopify.count_gift_cards() >= 1
+            assert await clients.shopify.find_gift_cards_by_last_characters("zzzz") == []
             assert isinstance(clients.pos, LightspeedClient)
             cards = [card async for card in clients.pos.iter_gift_cards()]
             assert any(card.balance == Decimal("100.00") for card in cards)

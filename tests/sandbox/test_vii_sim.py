@@ -213,9 +213,9 @@ async def test_lost_pre_auth_answer_then_undo_releases_the_hold(
 async def test_undo_of_something_that_never_arrived_has_nothing_to_reverse(
     sim: ViiSimulator, vii: ViiClient
 ) -> None:
-    sim.faults.error_rate = 1.0  # 503 before anything is applied
+    sim.faults.error_rate = 1.0  # 503 before anything is applied: not sent, for the client
     tran_id = ViiClient.new_tran_id()
-    with pytest.raises(ViiUnknownOutcome):
+    with pytest.raises(ViiUnavailable):
         await vii.redeem(CARD, PIN, Decimal("10.00"), "o", tran_id=tran_id)
     sim.faults.error_rate = 0.0
     assert await vii.undo(CARD, tran_id) is False

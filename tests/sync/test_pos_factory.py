@@ -10,12 +10,12 @@ from app.clients.factory import Clients
 from app.clients.lightspeed import LightspeedClient
 from app.clients.onsite import OnSiteClient
 from app.db.engine import SessionFactory
-from app.db.tokens import MemoryTokenStore
 from app.settings import BalanceSign, PosKind
 from app.sync.pos_factory import build_pos
 from app.sync.pos_lightspeed import LightspeedPos
 from app.sync.pos_onsite import OnSitePos
 from tests.conftest import make_settings
+from tests.memory_tokens import MemoryTokenStore
 
 
 def lightspeed_client() -> LightspeedClient:

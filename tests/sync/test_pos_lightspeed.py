@@ -13,12 +13,12 @@ import pytest
 
 from app.clients.errors import UnknownOutcome, UpstreamRejected, UpstreamUnavailable
 from app.clients.lightspeed import LightspeedClient, LsCustomer, parse_customer
-from app.db.tokens import MemoryTokenStore
 from app.sandbox.faults import Faults
 from app.sandbox.lightspeed import LightspeedSimulator
 from app.settings import BalanceSign
 from app.sync.pos import PosCustomer, PosGiftCards
 from app.sync.pos_lightspeed import LightspeedPos
+from tests.memory_tokens import MemoryTokenStore
 
 BASE = "https://ls.test"
 SERIAL = "GS1000000000000001"

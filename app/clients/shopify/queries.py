@@ -7,7 +7,7 @@ operation name doubles as the key for learned query costs and for log lines.
 
 from __future__ import annotations
 
-# Shared selection of a card; every parser in shopify.py reads exactly these fields.
+# Shared selection of a card; `models.parse_gift_card` reads exactly these fields.
 _GIFT_CARD_SELECTION = """
   id
   lastCharacters
@@ -146,12 +146,6 @@ query GiftCardsSearch(
     + GIFT_CARD_FIELDS
 )
 
-GIFT_CARDS_COUNT = """
-query GiftCardsCount($query: String) {
-  giftCardsCount(query: $query) { count precision }
-}
-"""
-
 CUSTOMERS_BY_EMAIL = """
 query CustomersByEmail($first: Int!, $query: String!) {
   customers(first: $first, query: $query) {
@@ -255,7 +249,6 @@ ALL_OPERATIONS: dict[str, str] = {
     "GiftCardGet": GIFT_CARD_GET,
     "GiftCardTransactions": GIFT_CARD_TRANSACTIONS,
     "GiftCardsSearch": GIFT_CARDS_SEARCH,
-    "GiftCardsCount": GIFT_CARDS_COUNT,
     "CustomersByEmail": CUSTOMERS_BY_EMAIL,
     "CustomerCreate": CUSTOMER_CREATE,
     "OrderGet": ORDER_GET,
