@@ -74,6 +74,7 @@ async def test_readyz_reports_a_migration_behind_head(
         assert body["status"] == "not_ready"
         assert body["checks"]["migrations"] == {
             "ok": False,
+            "severity": "error",
             "current": "0000",
             "head": head_revision(runtime.database_url),
         }
@@ -163,3 +164,18 @@ async def test_requests_in_flight_are_counted_for_the_worker_to_give_way_to(
         assert (await http.get("/nowhere")).status_code == 404  # errors are counted out too
     assert activity.in_flight == 0
     assert activity.settled(0.0)
+
+
+async def test_readyz_shows_configuration_warnings_without_failing(
+    client: httpx.AsyncClient, runtime: Runtime
+) -> None:
+    await runtime.start_worker()
+    runtime.settings = runtime.settings.model_copy(
+        update={"onsite_verify_tls": False, "sandbox": False}
+    )
+    answer = await client.get("/readyz")
+    body = answer.json()
+    warnings = body["checks"]["configuration"]
+    assert warnings["severity"] == "warning" and warnings["ok"] is False
+    assert any("ONSITE_VERIFY_TLS" in line for line in warnings["warnings"])
+    assert answer.status_code == 200 and body["status"] == "ready"
