@@ -13,8 +13,7 @@ import typer
 from rich.console import Console
 
 from app import cli_setup
-from app.logging import configure_logging
-from app.settings import Settings, SettingsError, load_settings
+from app.cli_common import console, settings_or_exit
 
 if TYPE_CHECKING:
     from app.sync.operator import CardDetail
@@ -22,18 +21,6 @@ if TYPE_CHECKING:
 cli = typer.Typer(
     help="giftsync: one gift card across Shopify, Lightspeed and Vii.", no_args_is_help=True
 )
-console = Console(stderr=True)
-
-
-def settings_or_exit() -> Settings:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        for problem in exc.problems:
-            console.print(f"[bold red]config error[/] {problem}", highlight=False)
-        raise typer.Exit(2) from None
-    configure_logging(settings.log_level, json=settings.log_json)
-    return settings
 
 
 @cli.command()
@@ -122,8 +109,9 @@ def backfill(
     ],
 ) -> None:
     """Move every existing card across (resumable); ends with a report of what was skipped."""
+    from app.cli_runs import backfill_command
     from app.runtime import build_runtime
-    from app.sync.backfill import BackfillFailed, backfill_command
+    from app.sync.backfill import BackfillFailed
     from app.sync.runs import DirectionDisabled, NoPos
 
     settings = settings_or_exit()
@@ -152,8 +140,8 @@ def reconcile(
     ] = False,
 ) -> None:
     """Compare every card across systems, repair drift by the three-way merge, report the rest."""
+    from app.cli_runs import reconcile_command
     from app.runtime import build_runtime
-    from app.sync.reconcile import reconcile_command
 
     settings = settings_or_exit()
 

@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from app.cli_common import settings_or_exit
+
 out = Console()
 err = Console(stderr=True)
 
@@ -35,7 +37,6 @@ def operators_add(
     name: Annotated[str, typer.Argument(help="Who this token is for (a-z, 0-9, . _ -).")],
 ) -> None:
     """Make a named operator token; it is printed once and only its hash is stored."""
-    from app.cli import settings_or_exit
     from app.db import operators as operators_db
     from app.db.engine import create_engine, resolve_database_url, session_factory
 
@@ -70,7 +71,6 @@ def shopify_app_config(
     ),
 ) -> None:
     """Write shopify.app.toml from SHOPIFY_CLIENT_ID and PUBLIC_URL, for `shopify app deploy`."""
-    from app.cli import settings_or_exit
     from app.shopify_app_config import render_app_toml
 
     settings = settings_or_exit()

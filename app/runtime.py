@@ -8,16 +8,16 @@ import os
 import secrets
 import sys
 from dataclasses import dataclass, field
-from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import wiring
 from app.activity import RequestActivity
 from app.clients.factory import Clients, build_clients
+from app.clients.shopify import ShopifyClient
 from app.db.engine import SessionFactory, create_engine, resolve_database_url, session_factory
 from app.db.migrate import upgrade_to_head
 from app.db.tokens import DbTokenStore, TokenSet
@@ -25,8 +25,11 @@ from app.logging import get_logger
 from app.sandbox.runner import Sandbox, point_settings_at, seed_all, start_sandbox
 from app.settings import Settings
 from app.sync import shadow
-from app.sync.inbox import TopicHandler
+from app.sync.backfill import Backfill
+from app.sync.inbox import Inbox, TopicHandler
 from app.sync.omni import OmniSync
+from app.sync.omni_polling import OmniPollers
+from app.sync.reconcile import Reconciler
 from app.sync.shadow.gate import CardGate
 from app.worker import JobHandler, Periodic, Worker
 
@@ -64,12 +67,24 @@ class Runtime:
     periodic: list[Periodic] = field(default_factory=list)
     worker: Worker | None = None
     topic_handlers: dict[str, tuple[TopicHandler, ...]] = field(default_factory=dict)
+    # The flows the tables of app/wiring.py name; None when not configured here.
     shadow: shadow.ShadowDeps | None = None
     omni: OmniSync | None = None
+    pollers: OmniPollers | None = None
+    reconciler: Reconciler | None = None
+    backfill: Backfill | None = None
+    inbox: Inbox | None = None
     clients: Clients | None = None
     sandbox: Sandbox | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def rebind(self) -> None:
+        """Point every topic, job kind and schedule at the flows now held (app/wiring.py)."""
+        self.topic_handlers = wiring.topic_handlers(self)
+        self.inbox = Inbox(self.sessions, self.topic_handlers)
+        self.handlers = wiring.job_handlers(self)
+        self.periodic = wiring.schedules(self, self.settings)
 
     async def start_worker(self, *, gives_way_to: RequestActivity | None = None) -> Worker:
         self.worker = Worker(self.sessions, self.handlers, self.periodic, gives_way_to=gives_way_to)
@@ -89,48 +104,26 @@ class Runtime:
 
 
 def install_features(runtime: Runtime) -> None:
-    """Register every job kind, webhook topic and periodic task on the runtime."""
-    from app.sync import inbox
-
-    async def process_webhook(payload: dict[str, Any]) -> None:
-        await inbox.process_delivery(
-            runtime.sessions, runtime.topic_handlers, int(payload["delivery_id"])
-        )
-
-    runtime.handlers[inbox.PROCESS_JOB] = process_webhook
-    # Each feature chains onto the topics it shares; installing again starts from scratch.
-    runtime.topic_handlers.clear()
-    if runtime.shadow is not None:
-        _install_shadow(runtime, runtime.shadow)
-    if runtime.omni is not None:
-        from app.sync.omni_polling import install_omni
-
-        install_omni(runtime, runtime.omni)
-    # After shadow cards and omni: both lend the reconciler and the backfill their clients.
-    from app.sync.backfill import install_backfill
-    from app.sync.reconcile import install_reconcile
-
-    install_reconcile(runtime)
-    install_backfill(runtime)
+    """Build the flows the configured upstreams allow, then bind the wiring tables to them."""
+    shopify = _shopify_of(runtime)
+    omni = runtime.omni
+    runtime.pollers = OmniPollers(runtime.sessions, omni, omni.shopify) if omni else None
+    runtime.reconciler = (
+        Reconciler(runtime.sessions, runtime.settings, omni, shopify) if shopify else None
+    )
+    runtime.backfill = (
+        Backfill(runtime.sessions, runtime.settings, omni, shopify) if omni and shopify else None
+    )
+    runtime.rebind()
 
 
-def _install_shadow(runtime: Runtime, deps: shadow.ShadowDeps) -> None:
-    from app.sync.shadow import orders
-
-    runtime.handlers[shadow.CLOSE_JOB] = partial(shadow.close_job, deps)
-    runtime.handlers[shadow.RECOVER_JOB] = partial(shadow.recover_job, deps)
-    runtime.handlers[shadow.UNDO_JOB] = partial(shadow.undo_job, deps)
-
-    async def expire() -> None:
-        while await shadow.expire_due(deps):
-            pass
-
-    runtime.periodic = [p for p in runtime.periodic if p.name != "shadow-expiry"]
-    runtime.periodic.append(Periodic("shadow-expiry", timedelta(seconds=30), expire))
-    runtime.topic_handlers["orders/paid"] = (partial(orders.on_order_paid, deps),)
-    runtime.topic_handlers["order_transactions/create"] = (partial(orders.on_transaction, deps),)
-    runtime.topic_handlers["refunds/create"] = (partial(orders.on_refund, deps),)
-    runtime.topic_handlers["orders/cancelled"] = (partial(orders.on_order_cancelled, deps),)
+def _shopify_of(runtime: Runtime) -> ShopifyClient | None:
+    """The one Shopify client of this process (tests wire flows without `clients`)."""
+    if runtime.clients is not None and runtime.clients.shopify is not None:
+        return runtime.clients.shopify
+    if runtime.omni is not None and isinstance(runtime.omni.shopify, ShopifyClient):
+        return runtime.omni.shopify
+    return runtime.shadow.shopify if runtime.shadow is not None else None
 
 
 def assemble(

@@ -21,7 +21,7 @@ from app.sandbox.onsite import OnSiteSimulator
 from app.sandbox.shopify import ShopifySimulator
 from app.settings import BalanceSign, PosKind
 from app.sync.omni import OmniSync
-from app.sync.omni_polling import OmniPollers, install_omni
+from app.sync.omni_polling import OmniPollers
 from app.sync.pos import PosGiftCards
 from app.sync.pos_factory import build_pos
 from app.worker import Worker
@@ -149,7 +149,8 @@ async def omni_upstreams(
     omni = OmniSync(runtime.sessions, settings, shop, pos)
     runtime.omni = omni
     install_features(runtime)
-    pollers = install_omni(runtime, omni)
+    pollers = runtime.pollers
+    assert pollers is not None
     try:
         yield Omni(
             runtime, shop_sim, shop, pos_kind, ls_sim, onsite_sim, pos_client, pos, omni, pollers

@@ -38,12 +38,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, cast, get_args
+from typing import IO, Any, Protocol, TypeVar, cast, get_args
 
 from app.clients.errors import UpstreamRejected
 from app.clients.lightspeed import LightspeedAuthError
 from app.clients.onsite import OnSiteAuthError
-from app.clients.shopify import ShopifyClient, ShopifyGiftCard
+from app.clients.shopify import ShopifyGiftCard
 from app.db.engine import SessionFactory
 from app.logging import get_logger
 from app.settings import Settings
@@ -51,7 +51,6 @@ from app.sync import runs
 from app.sync.omni import NOTE_MARKER, SHOPIFY, LinkOutcome, OmniSync
 from app.sync.pos import PosCard
 from app.sync.runs import (
-    BACKFILL_JOB,
     BackfillDirection,
     BackfillParams,
     BackfillRequest,
@@ -62,11 +61,6 @@ from app.sync.runs import (
     backfill_plan,
 )
 from app.worker import RetryLater, run_as_singleton
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from app.runtime import Runtime
 
 log = get_logger(__name__)
 
@@ -707,161 +701,25 @@ async def _stored_report(
 # --- wiring -----------------------------------------------------------------------------------
 
 
-def build_backfill(runtime: Runtime, **options: Any) -> Backfill | None:
-    """The runtime's backfill, or None without Shopify and a POS to move cards between."""
-    if runtime.omni is None:
-        return None
-    shopify = runtime.clients.shopify if runtime.clients is not None else None
-    if shopify is None and isinstance(runtime.omni.shopify, ShopifyClient):
-        shopify = runtime.omni.shopify  # a runtime wired by hand (tests, benches)
-    if shopify is None:
-        return None
-    return Backfill(runtime.sessions, runtime.settings, runtime.omni, shopify, **options)
-
-
-def install_backfill(runtime: Runtime, backfill: Backfill | None = None) -> Backfill | None:
-    """Register the `backfill.run` job; without omni sync a queued run is failed with why."""
-    backfill = backfill or build_backfill(runtime)
-    if backfill is not None:
-        runtime.handlers[BACKFILL_JOB] = backfill.run_job
-        return backfill
-    sessions = runtime.sessions
-
-    async def refuse(payload: dict[str, Any]) -> None:
-        reporter = await RunReporter.begin(sessions, uuid.UUID(str(payload["run_id"])))
-        if reporter is not None:
-            await reporter.fail("backfill needs Shopify and a POS (POS_KIND) configured")
-
-    runtime.handlers[BACKFILL_JOB] = refuse
-    return None
-
-
-# --- the command line ---------------------------------------------------------------------------
-
-_LABELS: dict[BackfillDirection, str] = {
-    "to_pos": "Shopify -> POS",
-    "to_shopify": "POS -> Shopify",
-}
-
-
-async def backfill_command(
-    runtime: Runtime,
-    direction: BackfillRequest,
-    console: Console,
+async def run_or_follow(
+    backfill: Backfill,
+    sessions: SessionFactory,
+    run_id: uuid.UUID,
+    progress: Callable[[BackfillProgress], None],
     *,
-    backfill: Backfill | None = None,
-) -> dict[str, int]:
-    """`giftsync backfill --direction ...`: start a run, run it here with a progress bar.
-
-    If another backfill (or a worker already running this one) holds the lock, follows this
-    run's progress from the database until it ends. Ends with the summary table and returns
-    the counts. Raises NoPos or DirectionDisabled before starting anything, BackfillFailed
-    when the run ends failed; any other error leaves the run to be resumed by a worker.
-    """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    backfill = backfill or build_backfill(runtime)
-    plan = backfill_plan(runtime.settings, direction)
-    if backfill is None:
-        raise NoPos("backfill needs Shopify and a POS configured")
-    run_id = await runs.start_run(runtime.sessions, "backfill", plan.to_json())
-    console.print(f"backfill run [bold]{run_id}[/]", highlight=False)
-    for name in plan.disabled:
-        console.print(f"[yellow]skipping {_LABELS[name]}[/]: its setting is off", highlight=False)
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description:<15}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("moved {task.fields[moved]} linked {task.fields[linked]} "),
-        TextColumn("skipped {task.fields[skipped]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console) as bar:
-        tasks = {
-            name: bar.add_task(_LABELS[name], total=None, moved=0, linked=0, skipped=0)
-            for name in plan.directions
-        }
-
-        def show(step: BackfillProgress) -> None:
-            bar.update(
-                tasks[step.direction],
-                completed=step.processed,
-                total=step.processed if step.finished else step.total,
-                moved=step.moved,
-                linked=step.already_linked,
-                skipped=step.skipped,
-            )
-
-        waiting_said = False
-        while True:
-            try:
-                report = await backfill.run(run_id, progress=show)
-                break
-            except BackfillBusy:
-                stored = await _stored_report(runtime.sessions, run_id)
-                if stored.status in ("succeeded", "failed"):
-                    report = stored
-                    break
-                if not waiting_said:
-                    console.print("another backfill is running: following this run until it ends")
-                    waiting_said = True
-                for state in stored.passes.values():
-                    show(_progress_of(state))
-                await asyncio.sleep(FOLLOW_SECONDS)
-    print_report(console, report)
-    if report.status == "failed":
-        raise BackfillFailed(report.error or "the backfill failed")
-    return report.counts
-
-
-def print_report(console: Console, report: BackfillReport) -> None:
-    """The summary table: moved, already linked and skipped (by reason) per direction."""
-    from rich.table import Table
-
-    summary = Table(title=f"backfill {report.run_id} ({report.status})")
-    for column in ("direction", "cards", "moved", "already linked", "skipped"):
-        summary.add_column(column, justify="left" if column == "direction" else "right")
-    for name, state in report.passes.items():
-        summary.add_row(
-            _LABELS[name],
-            str(state.processed),
-            str(state.moved),
-            str(state.already_linked),
-            str(state.skipped),
-        )
-    for name in report.disabled:
-        summary.add_row(_LABELS[name], "-", "-", "-", "-", style="dim")
-    summary.add_row(
-        "total",
-        str(sum(state.processed for state in report.passes.values())),
-        str(report.counts["moved"]),
-        str(report.counts["already_linked"]),
-        str(report.counts["skipped"]),
-        style="bold",
-    )
-    console.print(summary)
-    reasons = Table(title="skipped, by reason")
-    reasons.add_column("direction")
-    reasons.add_column("reason")
-    reasons.add_column("cards", justify="right")
-    for name, state in report.passes.items():
-        for reason, count in sorted(state.skipped_by_reason.items(), key=lambda kv: -kv[1]):
-            reasons.add_row(_LABELS[name], reason, str(count))
-    if reasons.row_count:
-        console.print(reasons)
-    if report.disabled:
-        console.print(
-            "not run (setting off): " + ", ".join(_LABELS[name] for name in report.disabled)
-        )
-    if report.error:
-        console.print(f"[bold red]error[/] {report.error}", highlight=False)
+    on_waiting: Callable[[], None] | None = None,
+) -> BackfillReport:
+    """Run this run here; if another backfill holds the lock, follow this run until it ends."""
+    while True:
+        try:
+            return await backfill.run(run_id, progress=progress)
+        except BackfillBusy:
+            stored = await _stored_report(sessions, run_id)
+            if stored.status in ("succeeded", "failed"):
+                return stored
+            if on_waiting is not None:
+                on_waiting()
+                on_waiting = None
+            for state in stored.passes.values():
+                progress(_progress_of(state))
+            await asyncio.sleep(FOLLOW_SECONDS)

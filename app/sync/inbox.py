@@ -165,3 +165,14 @@ async def process_delivery(
         log.info("webhook_topic_stored_only", topic=delivery.topic)
     async with transaction(sessions) as session:
         await session.execute(_MARK_PROCESSED, {"id": delivery_id})
+
+
+@dataclass
+class Inbox:
+    """The `webhook.process` job: a stored delivery, run through its topic's handlers."""
+
+    sessions: SessionFactory
+    handlers: Mapping[str, Sequence[TopicHandler]]
+
+    async def process(self, payload: dict[str, Any]) -> None:
+        await process_delivery(self.sessions, self.handlers, int(payload["delivery_id"]))

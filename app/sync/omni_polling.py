@@ -10,20 +10,17 @@ Whatever they notice goes to `OmniSync`: link a new card, or merge a linked one.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import text
 
 from app.db.engine import SessionFactory, transaction
 from app.logging import get_logger
-from app.sync.inbox import Delivery, TopicHandler
+from app.sync.inbox import Delivery
 from app.sync.omni import CURSOR_OVERLAP, SHOPIFY, OmniSync
 from app.sync.shadow.payments import payment_from_rest
-from app.worker import Periodic, run_as_singleton
-
-if TYPE_CHECKING:
-    from app.runtime import Runtime
+from app.worker import run_as_singleton
 
 log = get_logger(__name__)
 
@@ -190,30 +187,3 @@ class OmniPollers:
         card_id = await self.omni.linked_card(SHOPIFY, shopify_card_id)
         if card_id is not None and await self._is_omni(card_id):
             await self.omni.request_sync(card_id, "order_webhook")
-
-
-def install_omni(runtime: Runtime, omni: OmniSync) -> OmniPollers:
-    """Register omni's jobs, pollers and topics on the runtime (replacing earlier ones)."""
-    from app.sync import omni as flows
-    from app.sync.inbox import TOPIC_PAID, TOPIC_REFUND, TOPIC_TRANSACTION
-
-    pollers = OmniPollers(runtime.sessions, omni, omni.shopify)
-    runtime.handlers[flows.SYNC_JOB] = omni.run_sync
-    runtime.handlers[flows.MOVE_JOB] = omni.run_move
-    runtime.handlers[flows.DEACTIVATE_JOB] = omni.run_deactivate
-    runtime.handlers[flows.NOTIFY_JOB] = omni.run_notify
-    interval = max(runtime.settings.poll_interval, timedelta(seconds=1))
-
-    runtime.periodic = [p for p in runtime.periodic if p.name not in (POS_POLLER, SHOPIFY_POLLER)]
-    runtime.periodic.append(Periodic(POS_POLLER, interval, pollers.run_pos_poll))
-    runtime.periodic.append(Periodic(SHOPIFY_POLLER, interval, pollers.run_shopify_poll))
-    topics: dict[str, TopicHandler] = {
-        TOPIC_PAID: pollers.on_order_paid,
-        TOPIC_TRANSACTION: pollers.on_transaction,
-        TOPIC_REFUND: pollers.on_refund,
-        "gift_cards/create": pollers.on_gift_card,
-        "gift_cards/update": pollers.on_gift_card,
-    }
-    for topic, handler in topics.items():
-        runtime.topic_handlers[topic] = (*runtime.topic_handlers.get(topic, ()), handler)
-    return pollers

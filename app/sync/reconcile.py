@@ -42,10 +42,10 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -79,14 +79,9 @@ from app.sync.omni import (
     shopify_state,
 )
 from app.sync.pos import PosCard
-from app.sync.runs import RECONCILE_JOB, ReconcileParams, RunReporter
+from app.sync.runs import ReconcileParams, RunReporter
 from app.sync.shadow.lifecycle import CLOSE_JOB, request_close
-from app.worker import Periodic, RetryLater, run_as_singleton
-
-if TYPE_CHECKING:
-    from rich.console import Console
-
-    from app.runtime import Runtime
+from app.worker import RetryLater, run_as_singleton
 
 log = get_logger(__name__)
 
@@ -1386,46 +1381,6 @@ class _Execution:
         )
 
 
-# --- wiring ------------------------------------------------------------------------------------
-
-
-def shopify_of(runtime: Runtime) -> ReconcileShopify | None:
-    """The Shopify client the runtime's features use (tests wire features without `clients`)."""
-    candidates: Iterable[object] = (
-        runtime.clients.shopify if runtime.clients is not None else None,
-        runtime.omni.shopify if runtime.omni is not None else None,
-        runtime.shadow.shopify if runtime.shadow is not None else None,
-    )
-    for candidate in candidates:
-        if candidate is not None and isinstance(candidate, ReconcileShopify):
-            return candidate
-    return None
-
-
-def reconciler_for(runtime: Runtime) -> Reconciler | None:
-    shopify = shopify_of(runtime)
-    if shopify is None:
-        return None
-    return Reconciler(runtime.sessions, runtime.settings, runtime.omni, shopify)
-
-
-def install_reconcile(runtime: Runtime) -> Reconciler | None:
-    """Register the `reconcile.run` job, the orphan deactivation job and the schedule."""
-    reconciler = reconciler_for(runtime)
-    runtime.periodic = [p for p in runtime.periodic if p.name != PERIODIC_NAME]
-    if reconciler is None:
-        runtime.handlers.pop(RECONCILE_JOB, None)
-        return None
-    runtime.handlers[RECONCILE_JOB] = reconciler.run_job
-    runtime.handlers[DEACTIVATE_SHADOW_JOB] = reconciler.run_deactivate
-    # Look often, start rarely: the runs table decides when the interval has passed.
-    every = min(
-        max(runtime.settings.reconcile_interval / 10, timedelta(seconds=1)), timedelta(minutes=1)
-    )
-    runtime.periodic.append(Periodic(PERIODIC_NAME, every, reconciler.schedule))
-    return reconciler
-
-
 # --- CLI ---------------------------------------------------------------------------------------
 
 
@@ -1520,52 +1475,6 @@ async def _follow(
         await asyncio.sleep(0.5)
 
 
-async def reconcile_command(runtime: Runtime, dry_run: bool, console: Console) -> dict[str, int]:
-    """`giftsync reconcile [--dry-run]`: a progress bar, then a summary table."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-    from rich.progress import Progress as Bar
-    from rich.table import Table
-
-    from app.money import format_minor
-
-    reconciler = reconciler_for(runtime)
-    if reconciler is None:
-        raise RuntimeError("reconcile needs Shopify: SHOPIFY_SHOP_DOMAIN and SHOPIFY_ADMIN_TOKEN")
-    run_id = await runs.start_reconcile(runtime.sessions, dry_run=dry_run)
-    labels = {
-        "shopify": "reading Shopify",
-        "pos": "reading the POS",
-        "cards": "checking cards",
-        "shadow": "checking shadow cards",
-    }
-    with Bar(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def on_progress(step: Progress) -> None:
-            if step.phase not in labels:
-                return
-            if step.phase not in tasks:
-                tasks[step.phase] = bar.add_task(labels[step.phase], total=step.total)
-            bar.update(tasks[step.phase], completed=step.done, total=step.total)
-
-        counts = await execute_here(runtime.sessions, reconciler, run_id, on_progress)
-    view = await runs.get_run(runtime.sessions, run_id)
-    assert view is not None
-    table = Table(title=f"reconcile {'(dry run) ' if dry_run else ''}{run_id}")
-    table.add_column("")
-    table.add_column("cards", justify="right")
-    for name in ("checked", "in_sync", "repaired", "pending", "findings"):
-        table.add_row(name.replace("_", " "), str(counts.get(name, 0)))
-    drift = int(view.progress.get("drift_minor") or 0)
-    table.add_row("drift", f"{format_minor(drift)} {runtime.settings.currency}")
-    for finding_type, count in sorted((view.progress.get("findings_by_type") or {}).items()):
-        table.add_row(f"  {finding_type}", str(count))
-    console.print(table)
-    return counts
-
-
 __all__ = [
     "DEACTIVATE_SHADOW_JOB",
     "PERIODIC_NAME",
@@ -1573,8 +1482,5 @@ __all__ = [
     "ReconcileShopify",
     "Reconciler",
     "execute_here",
-    "install_reconcile",
-    "reconcile_command",
-    "reconciler_for",
     "schedule_run",
 ]

@@ -22,9 +22,10 @@ from rich.console import Console
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.cli_runs import backfill_command
 from app.db import jobs
-from app.db.engine import SessionFactory, transaction
-from app.runtime import Runtime
+from app.db.engine import transaction
+from app.runtime import Runtime, install_features
 from app.sandbox.faults import Faults
 from app.settings import Settings
 from app.sync import runs
@@ -32,8 +33,6 @@ from app.sync.backfill import (
     Backfill,
     BackfillBusy,
     BackfillProgress,
-    backfill_command,
-    install_backfill,
     sort_key,
 )
 from app.sync.omni import SHOPIFY, OmniSync, serial_for_shopify_card
@@ -357,7 +356,8 @@ async def test_the_job_resumes_a_run_whose_worker_died(retail: Omni, engine: Asy
     run_id = await start(retail, "to_shopify")
     sessions = retail.runtime.sessions
     backfill = backfill_of(retail, concurrency=2, checkpoint_every=1)
-    install_backfill(retail.runtime, backfill)
+    retail.runtime.backfill = backfill
+    retail.runtime.rebind()
     async with transaction(sessions) as session:
         claimed = await jobs.claim(session, "worker-that-dies", limit=1, lease=timedelta(minutes=1))
     assert [job.kind for job in claimed] == [runs.BACKFILL_JOB]
@@ -634,7 +634,8 @@ async def test_the_command_shows_progress_and_ends_with_the_summary(
     out = io.StringIO()
     console = Console(file=out, width=160, force_terminal=False, color_system=None)
 
-    counts = await backfill_command(flow.runtime, "both", console, backfill=backfill_of(flow))
+    flow.runtime.backfill = backfill_of(flow)
+    counts = await backfill_command(flow.runtime, "both", console)
 
     moved = len(seeded.to_pos) + len(seeded.to_shopify)
     assert counts["moved"] == moved
@@ -669,7 +670,8 @@ async def test_the_command_follows_a_run_another_process_is_running(
 
     monkeypatch.setattr(backfill, "run", busy_then_done)
 
-    counts = await backfill_command(retail.runtime, "to_shopify", console, backfill=backfill)
+    retail.runtime.backfill = backfill
+    counts = await backfill_command(retail.runtime, "to_shopify", console)
 
     assert followed == ["worker"] and counts["moved"] == 1
     assert "succeeded" in out.getvalue()
@@ -681,22 +683,14 @@ def test_sort_key_orders_numeric_ids_by_value_and_hashes_by_text() -> None:
     assert sort_key("0a" * 32) < sort_key("0b" + "0" * 62)
 
 
-async def test_install_registers_the_job_on_a_runtime_with_omni_sync(retail: Omni) -> None:
-    backfill = install_backfill(retail.runtime)
-
+async def test_the_runtime_binds_the_backfill_job_when_omni_sync_is_on(retail: Omni) -> None:
+    install_features(retail.runtime)
+    backfill = retail.runtime.backfill
     assert backfill is not None and backfill.shopify is retail.shop
-    assert retail.runtime.handlers[runs.BACKFILL_JOB] == backfill.run_job
+    assert retail.runtime.handlers[runs.BACKFILL_JOB].func is Backfill.run_job  # type: ignore[attr-defined]
 
 
-async def test_without_a_pos_a_queued_backfill_run_fails_with_why(
-    runtime: Runtime, sessions: SessionFactory
-) -> None:
-    run_id = await runs.start_run(sessions, "backfill", {"direction": "to_pos"})
+async def test_without_a_pos_there_is_no_backfill_job_to_run(runtime: Runtime) -> None:
     runtime.omni = None
-    install_backfill(runtime)
-
-    await runtime.handlers[runs.BACKFILL_JOB]({"run_id": str(run_id)})
-
-    run = await runs.get_run(sessions, run_id)
-    assert run is not None and run.status == "failed"
-    assert run.error is not None and "POS" in run.error
+    install_features(runtime)
+    assert runtime.backfill is None and runs.BACKFILL_JOB not in runtime.handlers

@@ -19,9 +19,10 @@ from rich.console import Console
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.cli_runs import reconcile_command
 from app.clients.shopify import ShopifyUnavailable
 from app.db.engine import transaction
-from app.runtime import Runtime
+from app.runtime import Runtime, install_features
 from app.settings import Settings
 from app.sync import runs
 from app.sync import shadow as shadow_flow
@@ -31,8 +32,6 @@ from app.sync.reconcile import (
     PERIODIC_NAME,
     Reconciler,
     execute_here,
-    install_reconcile,
-    reconcile_command,
     schedule_run,
 )
 from app.sync.runs import RECONCILE_JOB
@@ -90,7 +89,8 @@ async def run_reconcile(
 
 
 def installed(runtime: Runtime) -> Reconciler:
-    reconciler = install_reconcile(runtime)
+    install_features(runtime)
+    reconciler = runtime.reconciler
     assert reconciler is not None
     reconciler.bulk_poll_interval = 0.0  # the simulator finishes a bulk export in two looks
     return reconciler

@@ -16,6 +16,9 @@ from decimal import Decimal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import app.sync.shadow.amounts as amounts
+import app.sync.shadow.attempts as attempts
+import app.sync.shadow.lifecycle as lifecycle
 from app.clients.errors import UnknownOutcome, UpstreamError
 from app.clients.vii import ViiInvalidPin, ViiUnknownCard
 from app.db import records
@@ -23,7 +26,6 @@ from app.db import shadow_cards as rows
 from app.db.sql import sql
 from app.logging import get_logger
 from app.money import to_minor
-from app.sync.shadow import amounts, attempts, lifecycle
 from app.sync.shadow.deps import ApplyRequest, ShadowDeps, bound_session
 from app.sync.shadow.errors import (
     CardEmpty,

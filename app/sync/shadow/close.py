@@ -16,6 +16,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import app.sync.shadow.amounts as amounts
+import app.sync.shadow.card_moves as card_moves
+import app.sync.shadow.lifecycle as lifecycle
+import app.sync.shadow.vii_hold as vii_hold
 from app.clients.errors import UpstreamError
 from app.clients.shopify import ShopifyGiftCard
 from app.db import records
@@ -23,7 +27,6 @@ from app.db import shadow_cards as rows
 from app.db.sql import sql
 from app.logging import get_logger
 from app.money import format_minor, to_minor
-from app.sync.shadow import amounts, card_moves, lifecycle, vii_hold
 from app.sync.shadow.deps import ShadowDeps, bound_session
 from app.sync.shadow.errors import CardBusy, ShadowCardNotFound
 from app.sync.shadow.refunds import refund_findings
@@ -54,6 +57,12 @@ async def expire_due(deps: ShadowDeps, *, limit: int = 100) -> int:
         for row in due:
             await lifecycle.request_close(session, row.id, "expired")
     return len(due)
+
+
+async def expire_all(deps: ShadowDeps) -> None:
+    """The schedule: close every card due, a hundred at a time."""
+    while await expire_due(deps):
+        pass
 
 
 async def release(deps: ShadowDeps, checkout_token: str, code: str) -> None:

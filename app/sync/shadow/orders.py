@@ -13,10 +13,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import app.sync.shadow.lifecycle as lifecycle
 from app.db import shadow_cards as rows
 from app.logging import get_logger
 from app.sync.inbox import Delivery
-from app.sync.shadow import lifecycle
 from app.sync.shadow.deps import ShadowDeps
 from app.sync.shadow.payments import (
     GiftCardPayment,

@@ -14,11 +14,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import app.sync.shadow.amounts as amounts
+import app.sync.shadow.attempts as attempts
+import app.sync.shadow.card_moves as card_moves
+import app.sync.shadow.lifecycle as lifecycle
+import app.sync.shadow.vii_hold as vii_hold
 from app.clients.errors import UnknownOutcome, UpstreamError
 from app.crypto import constant_time_equal
 from app.db import shadow_cards as rows
 from app.money import from_minor, to_minor
-from app.sync.shadow import amounts, attempts, card_moves, lifecycle, vii_hold
 from app.sync.shadow.deps import ApplyRequest, ShadowDeps
 from app.sync.shadow.errors import (
     WRONG_CARD_OR_PIN,
