@@ -140,3 +140,15 @@ def schedules(flows: Any, settings: Settings) -> list[Periodic]:
         if handler is not None:
             found.append(Periodic(every.name, every.interval(settings), handler))
     return found
+
+
+def describe() -> str:
+    """The README's map of what each topic, job and schedule does (a test keeps them equal)."""
+    lines = ["| webhook topic | what happens |", "|---|---|"]
+    for topic, entries in TOPICS.items():
+        lines.append(f"| `{topic}` | {'; '.join(f'{on.flow}: {on.doc}' for on in entries)} |")
+    lines += ["", "| job kind | what it does |", "|---|---|"]
+    lines += [f"| `{kind}` | {on.flow}: {on.doc} |" for kind, on in JOBS.items()]
+    lines += ["", "| schedule | what it does |", "|---|---|"]
+    lines += [f"| `{e.name}` | {e.run.flow}: {e.run.doc} |" for e in SCHEDULES]
+    return "\n".join(lines)
