@@ -10,8 +10,8 @@ import hashlib
 import hmac
 import json
 import time
-from decimal import Decimal
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
