@@ -418,31 +418,52 @@ class ShadowRig:
             )
             return list(rows.all())
 
+    def spent_on_shopify(self, gid: str) -> Decimal:
+        """What orders took from a Shopify card: every move on it not made by giftsync."""
+        moves = self.shop_sim.card(gid)["transactions"]
+        return -sum(
+            (Decimal(t["amount"]) for t in moves if "[giftsync:" not in (t["note"] or "")),
+            Decimal(0),
+        )
+
     async def assert_consistent(self) -> None:
         """No hold without a live shadow card, no live card without its hold, money exact.
 
         Each open Vii hold is the hold of an `applied` shadow card, at that card's hold amount;
         each enabled Shopify card is the card of an `applied` shadow card, at its applied
-        amount, which is also all giftsync put on it (no move left unconfirmed); each Vii
-        card's balance is its start minus what the close jobs captured from it, whatever closed
-        the card; nothing is left in the job queue; every other shadow card is settled and
-        keeps no PIN and no card number.
+        amount (nothing at all while no hold backs it, as after a re-hold Vii failed), and what
+        giftsync put on it minus its balance is what orders spent (no move left unconfirmed);
+        every other shadow card is settled: Vii captured exactly what its Shopify card spent,
+        and it keeps no PIN and no card number; each Vii card's balance is its start minus
+        what was captured from it, whatever closed the card; nothing is left in the job queue.
         """
         rows = await self.shadow_rows()
         applied = [r for r in rows if r.state == "applied"]
-        assert self.open_holds() == {r.hold_code: from_minor(r.hold_amount_minor) for r in applied}
+        assert self.open_holds() == {
+            r.hold_code: from_minor(r.hold_amount_minor) for r in applied if r.hold_code
+        }
         assert self.live_shopify_cards() == {
-            r.shopify_gift_card_id: from_minor(r.applied_amount_minor) for r in applied
+            r.shopify_gift_card_id: from_minor(r.applied_amount_minor if r.hold_code else 0)
+            for r in applied
         }
         for row in applied:
-            assert (row.loaded_minor, row.applied_unconfirmed) == (row.applied_amount_minor, False)
+            balance = self.shop_sim.card(row.shopify_gift_card_id)["balance"]
+            spent = from_minor(row.loaded_minor) - Decimal(str(balance))
+            assert (spent, row.applied_unconfirmed) == (
+                self.spent_on_shopify(row.shopify_gift_card_id),
+                False,
+            )
+        for row in rows:
+            if row.state == "applied":
+                continue
+            assert row.settled_at is not None, row.state
+            assert row.pin_ciphertext is None and row.card_number_ciphertext is None
+            if row.shopify_gift_card_id is not None:
+                spent = self.spent_on_shopify(row.shopify_gift_card_id)
+                assert from_minor(row.captured_amount_minor) == spent, row.state
         for number, start in self.vii_cards.items():
             captured = sum(r.captured_amount_minor for r in rows if r.vii_last4 == number[-4:])
             assert self.vii_sim.balance(number) == start - from_minor(captured), number[-4:]
-        for row in rows:
-            if row.state != "applied":
-                assert row.settled_at is not None, row.state
-                assert row.pin_ciphertext is None and row.card_number_ciphertext is None
         assert await unfinished_jobs(self.engine) == []
 
 

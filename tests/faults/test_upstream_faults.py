@@ -426,6 +426,62 @@ async def test_an_unknown_resize_outcome_is_not_recorded_as_unchanged(
     await rig.assert_consistent()
 
 
+# --- checkout: Vii faults at a re-hold ----------------------------------------------------------
+
+# A cart grown past the hold: the card is emptied, what it spent is captured from the old hold,
+# the rest freed, the balance read again and a new hold placed. Vii failing at the last two
+# steps leaves the card live but empty, with no hold (bool: the new hold was placed anyway).
+VII_AT_REHOLD: dict[str, tuple[Fault, bool]] = {
+    "balance-503": (
+        lambda rig: rig.vii_wire.answer(
+            b"Service unavailable", status=503, match=vii_type("CheckBalance")
+        ),
+        False,
+    ),
+    "pre-auth-refused": (lambda rig: rig.vii_wire.refuse(vii_type("PreAuthRequest")), False),
+    "pre-auth-slow": (lambda rig: rig.vii_wire.stall(vii_type("PreAuthRequest")), False),
+    "pre-auth-cut-short-after-applying": (
+        lambda rig: rig.vii_wire.garble(cut_short, match=vii_type("PreAuthRequest")),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", VII_AT_REHOLD)
+async def test_vii_fault_at_a_rehold_leaves_an_empty_card_without_a_hold_and_recovers(
+    rig: ShadowRig, fault: str
+) -> None:
+    code = (await apply_ok(rig, "20.00"))["shopifyGiftCardCode"]
+    gid = rig.card_by_code(code)["id"]
+    rig.shop_sim.create_order([(gid, Decimal("5.00"))])
+    make_fault, placed = VII_AT_REHOLD[fault]
+    make_fault(rig)
+    response = await answered(rig.apply("45.00", card=CARD, pin=PIN))
+    assert_problem(response, 503, "vii_unavailable")
+    # Nothing spendable is left without a hold; what was spent (5.00) was taken, once.
+    card = rig.card_by_code(code)
+    assert (card["enabled"], card["balance"]) == (True, Decimal("0.00"))
+    assert rig.vii_sim.balance(CARD) == Decimal("45.00")
+    [row] = await rig.shadow_rows()
+    assert (row.state, row.hold_code, row.captured_amount_minor) == ("applied", None, 500)
+    assert list(rig.open_holds().values()) == ([Decimal("45.00")] if placed else [])
+
+    rig.clear_faults()
+    await rig.run_jobs()  # a new hold Vii placed anyway is undone
+    assert rig.open_holds() == {}
+    await rig.assert_consistent()
+
+    # The shopper tries again with the PIN: the same card, backed by a new hold.
+    again = await apply_ok(rig, "45.00")
+    assert again["shopifyGiftCardCode"] == code and again["amountApplied"] == "45.00"
+    assert list(rig.open_holds().values()) == [Decimal("45.00")]
+    await rig.assert_consistent()
+    assert (await rig.release(code)).status_code == 200
+    await rig.run_jobs()
+    assert rig.vii_sim.balance(CARD) == Decimal("45.00") and rig.open_holds() == {}
+    await rig.assert_consistent()
+
+
 # --- release: faults in the close job -----------------------------------------------------------
 
 AT_CLOSE: dict[str, Fault] = {
