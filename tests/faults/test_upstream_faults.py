@@ -627,6 +627,41 @@ async def test_capture_during_an_upstream_fault_debits_vii_exactly_once_after_re
     await rig.assert_consistent()
 
 
+async def test_a_worker_dying_after_vii_approved_the_capture_debits_vii_exactly_once(
+    rig: ShadowRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redemption landed on Vii, then the close job died before recording it: the Undo
+    armed before the redemption reverses it, and the retried close captures once."""
+    from app.db import shadow_cards
+
+    applied = await apply_ok(rig, "20.00")
+    gid = rig.card_by_code(applied["shopifyGiftCardCode"])["id"]
+    order = rig.shop_sim.create_order([(gid, Decimal("15.00"))])
+
+    async def dies(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("worker killed after Vii approved the capture")
+
+    monkeypatch.setattr(shadow_cards, "add_captured", dies)
+    ack = await answered(rig.webhook("orders/paid", order["webhooks"]["orders/paid"]))
+    assert ack.status_code == 200
+    await rig.run_jobs(rounds=2)
+    [row] = await rig.shadow_rows()
+    assert (row.state, row.captured_amount_minor, row.settled_at) == ("captured", 0, None)
+    assert rig.vii_sim.balance(CARD) == Decimal("35.00")  # taken, not yet recorded
+    assert ("vii.undo", "queued") in [job[:2] for job in await unfinished_jobs(rig.engine)]
+
+    monkeypatch.undo()
+    await rig.run_jobs()
+    assert rig.vii_sim.balance(CARD) == Decimal("35.00")
+    [row] = await rig.shadow_rows()
+    assert (row.state, row.captured_amount_minor) == ("captured", 1500)
+    captures = await rig.scalar(
+        "SELECT count(*) FROM ledger WHERE system = 'vii' AND cause = 'capture'"
+    )
+    assert captures == 1
+    await rig.assert_consistent()
+
+
 # --- omni: POS faults while polling a card sold in store -------------------------------------
 
 PosFault = Callable[[OmniRig], Any]
