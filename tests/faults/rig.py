@@ -44,7 +44,6 @@ from app.sandbox.shopify import ShopifySimulator
 from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
 from app.settings import BalanceSign, PosKind
 from app.sync.omni import OmniSync
-from app.sync.omni_polling import install_omni
 from app.sync.pos_factory import build_pos
 from app.sync.shadow import ShadowDeps
 from app.sync.shadow.gate import CardGate
@@ -651,7 +650,8 @@ async def omni_rig(
     omni = OmniSync(runtime.sessions, settings, shop, pos)
     runtime.omni = omni
     install_features(runtime)
-    pollers = install_omni(runtime, omni)
+    pollers = runtime.pollers
+    assert pollers is not None
     flow = Omni(
         runtime, shop_sim, shop, pos_kind, ls_sim, onsite_sim, pos_client, pos, omni, pollers
     )
