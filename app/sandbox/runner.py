@@ -101,17 +101,26 @@ def point_settings_at(settings: Settings, sandbox: Sandbox) -> Settings:
             "lightspeed_client_id": ls.client_id,
             "lightspeed_client_secret": SecretStr(ls.client_secret),
             "lightspeed_refresh_token": SecretStr(ls.issue_refresh_token()),
+            # The simulated merchant's set-up every check passes: a shop, a register not named
+            # eCom, the integration's employee, the merchant's own "Shopify" payment type.
+            **_lightspeed_set_up(ls),
             "onsite_base_url": sandbox.urls["onsite"],
             "onsite_username": site.username,
             "onsite_password": SecretStr(site._password),
             "onsite_app_id": "giftsync-sandbox",
             "onsite_private_id": SecretStr(site._private_id or ""),
             "onsite_verify_tls": False,
+            "onsite_gift_card_product_code": site.correct_set_up()["gift_card_product_code"],
+            "onsite_payment_method": site.correct_set_up()["payment_method"],
             "pos_kind": settings.pos_kind
             if settings.pos_kind is not PosKind.NONE
             else PosKind.NONE,
         }
     )
+
+
+def _lightspeed_set_up(ls: lightspeed.LightspeedSimulator) -> dict[str, str]:
+    return {f"lightspeed_{name}": value for name, value in ls.correct_set_up().items()}
 
 
 def seed_all(sandbox: Sandbox) -> list[str]:
