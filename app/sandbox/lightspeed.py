@@ -329,6 +329,8 @@ class LightspeedSimulator:
     ) -> tuple[dict[str, str], frozenset[str]]:
         await self.faults.delay()
         self.request_count += 1
+        if request.query_params.get("count") == "1":
+            cost = 10  # pagination.md: `count=1` costs 10 whatever else is asked
         access = self._bearer(request)
         if account_id != self.account_id:
             raise _Answer(_error(404, "Account not found"))

@@ -160,7 +160,7 @@ def realistic_set_up() -> tuple[list[Shop], list[Register], list[Employee], list
         PaymentType("1", "Cash", "cash", True),
         PaymentType("2", "Check", "user defined", False),
         PaymentType("3", "Credit Card", "credit card", True),
-        PaymentType("4", "Credit Account", "credit account", True),
+        PaymentType("4", "Credit Account", "credit account", True, refund_as_payment_type_id="4"),
         PaymentType("5", "Gift Card", "gift card", True, refund_as_payment_type_id="5"),
         PaymentType("6", "EFTPOS", "user defined", False),
         PaymentType("7", "Shopify", "user defined", False),

@@ -16,7 +16,7 @@ from app.sandbox.lightspeed_merchant import Readings, Refusal
 
 MAX_LIMIT = 100
 # query-parameters.md: the operator goes in the value, `field=<op>,<value>` (URL-encoded).
-_OPERATORS = (">=", "<=", "!=", "><", ">", "<", "=")
+_OPERATORS = (">=", "<=", "!=", "><", "!~", ">", "<", "~", "=")
 # query-parameters.md: 'YYYY-MM-DDTHH:MM:SS-00:00'; searching.md also shows '-0400'.
 _TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$")
 
@@ -97,6 +97,10 @@ def value_matches(actual: str, raw: str) -> bool:
     if operator == "><":
         low, _, high = value.partition(",")
         return _number(low) <= _number(actual) <= _number(high)
+    if operator in ("~", "!~"):
+        # `%` is the wildcard of the like operators.
+        pattern = "^" + ".*".join(re.escape(part) for part in value.split("%")) + "$"
+        return bool(re.match(pattern, actual)) == (operator == "~")
     return compare(_number(actual), _number(value), operator)
 
 
