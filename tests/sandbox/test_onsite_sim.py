@@ -224,7 +224,7 @@ async def test_redeem_above_balance_is_refused_with_xml_error(
                 paid="4.00",
             ),
             "unbalanced",
-        ),  # fmt: skip
+        ),
     ],
 )
 async def test_bad_invoices_are_refused(
