@@ -292,7 +292,7 @@ class LightspeedSimulator:
         )
         self._issued_from.setdefault(presented, []).append((new_access, new_refresh))
         self.refresh_count += 1
-        answer = JSONResponse(
+        return JSONResponse(
             {
                 "token_type": "Bearer",
                 "expires_in": self.access_token_ttl_s,
@@ -300,9 +300,6 @@ class LightspeedSimulator:
                 "refresh_token": new_refresh,
             }
         )
-        if self.faults.draw_lost_answer():
-            await self.faults.hang()
-        return answer
 
     def _bearer(self, request: Request) -> _Access:
         header = request.headers.get("Authorization", "")
