@@ -168,6 +168,14 @@ class LightspeedSimulator:
         self._refresh_tokens[token] = granted
         return token
 
+    def withdraw_scope(self, scope: str) -> None:
+        """The merchant authorises again without `scope`: every token loses it."""
+        self.can_view_gift_card_numbers &= scope != GIFT_CARD_SCOPE
+        for token, scopes in self._refresh_tokens.items():
+            self._refresh_tokens[token] = scopes - {scope}
+        for access in self._access_tokens.values():
+            access.scopes = access.scopes - {scope}
+
     def expire_access_tokens(self) -> None:
         for access in self._access_tokens.values():
             access.expires_at = 0.0
