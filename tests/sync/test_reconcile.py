@@ -826,7 +826,8 @@ async def test_a_shadow_card_no_checkout_recorded_is_deactivated(shadow: Shadow)
 async def test_the_schedule_starts_one_full_run_per_interval(retail: Recon) -> None:
     sessions = retail.flow.runtime.sessions
     assert [p.name for p in retail.flow.runtime.periodic].count(PERIODIC_NAME) == 1
-    assert retail.flow.runtime.handlers[RECONCILE_JOB] == retail.reconciler.run_job
+    handler = retail.flow.runtime.handlers[RECONCILE_JOB]
+    assert handler.func is Reconciler.run_job and handler.args == (retail.reconciler,)  # type: ignore[attr-defined]
 
     first = await schedule_run(sessions, timedelta(hours=1))
     assert first is not None
