@@ -19,7 +19,7 @@ from app.settings import Settings
 from app.sync import inbox, runs
 from app.sync.backfill import Backfill
 from app.sync.omni import DEACTIVATE_JOB, MOVE_JOB, NOTIFY_JOB, SYNC_JOB, OmniSync
-from app.sync.omni_polling import POS_POLLER, SHOPIFY_POLLER, OmniPollers
+from app.sync.omni.triggers import POS_POLLER, SHOPIFY_POLLER, OmniPollers
 from app.sync.reconcile import DEACTIVATE_SHADOW_JOB, PERIODIC_NAME, Reconciler
 from app.sync.shadow import close as shadow_close
 from app.sync.shadow import lifecycle as shadow_lifecycle

@@ -1,4 +1,4 @@
-"""`/internal/*` operator API (DESIGN 3), thin over `app.sync.operator`; admin token only."""
+"""`/internal/*` operator API (DESIGN 3), thin over `app.sync.lookup`; admin token only."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from app.db import operators as operators_db
 from app.money import format_minor
 from app.problems import Problem, problem_schema
 from app.routers.operator_auth import require_operator
-from app.sync import operator, runs, shadow
-from app.sync.operator import CardDetail, CardMatch, JobState, JobSummary
+from app.sync import lookup, runs, shadow
+from app.sync.lookup import CardDetail, CardMatch, JobState, JobSummary
 from app.sync.runs import BackfillRequest, RunView
 
 router = APIRouter(
@@ -293,7 +293,7 @@ class CardLookupAnswer(BaseModel):
 
 @router.get("/jobs", response_model=JobListAnswer, responses={422: _INVALID})
 async def list_jobs(request: Request, state: JobState = "dead") -> JobListAnswer:
-    jobs = await operator.list_jobs(request.app.state.runtime.sessions, state)
+    jobs = await lookup.list_jobs(request.app.state.runtime.sessions, state)
     return JobListAnswer(jobs=[JobAnswer.of(job) for job in jobs])
 
 
@@ -311,10 +311,10 @@ async def retry_job(
     request: Request, job_id: Annotated[int, Path(ge=1, le=_MAX_JOB_ID)]
 ) -> RetryAnswer:
     try:
-        await operator.retry_job(request.app.state.runtime.sessions, job_id)
-    except operator.JobNotFound:
+        await lookup.retry_job(request.app.state.runtime.sessions, job_id)
+    except lookup.JobNotFound:
         raise Problem(404, "not_found", f"No job {job_id}.") from None
-    except operator.JobNotDead as error:
+    except lookup.JobNotDead as error:
         raise Problem(
             409, "not_dead", f"Job {job_id} is {error.state}; only dead jobs can be retried."
         ) from None
@@ -419,14 +419,14 @@ async def find_cards(
     runtime = request.app.state.runtime
     key = runtime.settings.card_hash_key
     try:
-        cards = await operator.find_cards(
+        cards = await lookup.find_cards(
             runtime.sessions,
             hash_key=None if key is None else key.get_secret_value(),
             last4=last4,
             email=email,
             serial=serial,
         )
-    except operator.SerialLookupUnavailable:
+    except lookup.SerialLookupUnavailable:
         raise Problem(
             503, "serial_lookup_unavailable", "Serial lookup needs CARD_HASH_KEY."
         ) from None
@@ -439,7 +439,7 @@ async def find_cards(
     responses={404: problem_schema("`not_found`: no such card."), 422: _INVALID},
 )
 async def card_detail(request: Request, card_id: uuid.UUID) -> CardAnswer:
-    card = await operator.card_detail(request.app.state.runtime.sessions, card_id)
+    card = await lookup.card_detail(request.app.state.runtime.sessions, card_id)
     if card is None:
         raise Problem(404, "not_found", f"No card {card_id}.")
     return CardAnswer.of(card)

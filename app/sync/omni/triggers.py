@@ -18,7 +18,7 @@ from sqlalchemy import text
 from app.db.engine import SessionFactory, transaction
 from app.logging import get_logger
 from app.sync.inbox import Delivery
-from app.sync.omni import CURSOR_OVERLAP, SHOPIFY, OmniSync
+from app.sync.omni.flow import CURSOR_OVERLAP, SHOPIFY, OmniSync
 from app.sync.shadow.payments import payment_from_rest
 from app.worker import run_as_singleton
 

@@ -44,7 +44,7 @@ from app.db.locks import lock_for_transaction
 from app.db.models import PosCardBalance, PosSeenMove
 from app.logging import get_logger
 from app.money import CENT, from_minor, to_minor
-from app.sync.pos import PosCard, PosChange, PosCustomer, PosSystem
+from app.sync.pos.protocol import PosCard, PosChange, PosCustomer, PosSystem
 
 log = get_logger(__name__)
 

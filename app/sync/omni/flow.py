@@ -51,7 +51,7 @@ from app.db.records import add_ledger_entry, open_finding
 from app.logging import get_logger
 from app.money import from_minor, to_minor
 from app.settings import Settings
-from app.sync.merge import MergePlan, SystemState, plan_merge
+from app.sync.omni.merge import MergePlan, SystemState, plan_merge
 from app.sync.pos import PosCard, PosGiftCards
 from app.worker import RetryLater
 

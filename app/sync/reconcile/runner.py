@@ -67,7 +67,6 @@ from app.metrics import (
 )
 from app.settings import Settings
 from app.sync import runs
-from app.sync.merge import MergePlan, SystemState, SystemStatus, in_sync, plan_merge
 from app.sync.omni import (
     CURSOR_OVERLAP,
     DEACTIVATE_JOB,
@@ -78,6 +77,7 @@ from app.sync.omni import (
     pos_state,
     shopify_state,
 )
+from app.sync.omni.merge import MergePlan, SystemState, SystemStatus, in_sync, plan_merge
 from app.sync.pos import PosCard
 from app.sync.runs import ReconcileParams, RunReporter
 from app.sync.shadow.lifecycle import CLOSE_JOB, request_close
@@ -642,7 +642,7 @@ class _Execution:
         """A POS read through giftsync's projection (OnSite) is as fresh as the last poll:
         apply what the till did since, as the poller would (its cursor stays where it is, so
         it still handles those changes)."""
-        from app.sync.omni_polling import OmniPollers, read_cursor
+        from app.sync.omni.triggers import OmniPollers, read_cursor
 
         name = OmniPollers(self.r.sessions, omni, self.r.shopify).pos_cursor
         since = await read_cursor(self.r.sessions, name)

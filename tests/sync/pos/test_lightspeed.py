@@ -17,7 +17,7 @@ from app.sandbox.faults import Faults
 from app.sandbox.lightspeed import LightspeedSimulator
 from app.settings import BalanceSign
 from app.sync.pos import PosCustomer, PosGiftCards
-from app.sync.pos_lightspeed import LightspeedPos
+from app.sync.pos.lightspeed import LightspeedPos
 from tests.memory_tokens import MemoryTokenStore
 
 BASE = "https://ls.test"
