@@ -121,7 +121,7 @@ def _shopify_of(runtime: Runtime) -> ShopifyClient | None:
     """The one Shopify client of this process (tests wire flows without `clients`)."""
     if runtime.clients is not None and runtime.clients.shopify is not None:
         return runtime.clients.shopify
-    if runtime.omni is not None and isinstance(runtime.omni.shopify, ShopifyClient):
+    if runtime.omni is not None:
         return runtime.omni.shopify
     return runtime.shadow.shopify if runtime.shadow is not None else None
 

@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import records
+from app.db import findings
 from app.db.engine import SessionFactory, transaction
 from app.db.jobs import enqueue
 from app.settings import PosKind, Settings
@@ -383,7 +383,7 @@ async def record_finding(
     Evidence is shown as-is by `GET /internal/runs/{id}`: never put a serial, code or PIN in it
     (last 4 only).
     """
-    return await records.open_finding(
+    return await findings.open_finding(
         session,
         finding_type=finding_type,
         subject=subject,

@@ -48,7 +48,9 @@ from app.db.engine import SessionFactory
 from app.logging import get_logger
 from app.settings import Settings
 from app.sync import runs
-from app.sync.omni import NOTE_MARKER, SHOPIFY, LinkOutcome, OmniSync
+from app.sync.omni.common import NOTE_MARKER, SHOPIFY, LinkOutcome
+from app.sync.omni.flow import OmniSync
+from app.sync.omni.links import export_shopify_card, import_pos_card
 from app.sync.pos import PosCard
 from app.sync.runs import (
     BackfillDirection,
@@ -520,7 +522,7 @@ class Backfill:
             if fresh is None:
                 return LinkOutcome("skipped", reason="not_found")
             card = fresh
-        return await self.omni.export_shopify_card(card)
+        return await export_shopify_card(self.omni, card)
 
     async def _to_shopify(self, current: _Run) -> PassState:
         run_id = current.reporter.run_id
@@ -529,7 +531,7 @@ class Backfill:
             return _keyed(self.omni.pos.iter_cards(), lambda card: card.external_id)
 
         async def offer(card: PosCard) -> _Offered:
-            outcome = await self.omni.import_pos_card(card, run_id=run_id)
+            outcome = await import_pos_card(self.omni, card, run_id=run_id)
             return _Offered(outcome, card.external_id, card.serial[-4:])
 
         return await self._pass(current, "to_shopify", listing, offer)

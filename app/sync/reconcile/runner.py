@@ -78,6 +78,8 @@ from app.sync.omni import (
     shopify_state,
 )
 from app.sync.omni.merge import MergePlan, SystemState, SystemStatus, in_sync, plan_merge
+from app.sync.omni.sync import sync_card
+from app.sync.omni.triggers import pos_cursor_name, read_cursor
 from app.sync.pos import PosCard
 from app.sync.runs import ReconcileParams, RunReporter
 from app.sync.shadow.lifecycle import CLOSE_JOB, request_close
@@ -642,10 +644,7 @@ class _Execution:
         """A POS read through giftsync's projection (OnSite) is as fresh as the last poll:
         apply what the till did since, as the poller would (its cursor stays where it is, so
         it still handles those changes)."""
-        from app.sync.omni.triggers import OmniPollers, read_cursor
-
-        name = OmniPollers(self.r.sessions, omni, self.r.shopify).pos_cursor
-        since = await read_cursor(self.r.sessions, name)
+        since = await read_cursor(self.r.sessions, pos_cursor_name(omni.pos.system))
         async for _change in omni.pos.changes_since(
             since - CURSOR_OVERLAP if since is not None else None
         ):
@@ -793,7 +792,8 @@ class _Execution:
         """
         assert self.omni is not None
         try:
-            outcome = await self.omni.sync_card(
+            outcome = await sync_card(
+                self.omni,
                 card_id,
                 states=states,
                 dry_run=self.dry_run,

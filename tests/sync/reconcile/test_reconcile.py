@@ -26,7 +26,7 @@ from app.runtime import Runtime, install_features
 from app.settings import Settings
 from app.sync import runs
 from app.sync import shadow as shadow_flow
-from app.sync.omni import MOVE_JOB, SHOPIFY
+from app.sync.omni import MOVE_JOB, SHOPIFY, export_shopify_card
 from app.sync.reconcile import (
     DEACTIVATE_SHADOW_JOB,
     PERIODIC_NAME,
@@ -447,7 +447,7 @@ async def test_a_pos_card_giftsync_exported_but_no_longer_links_is_reported(
     gid, _ = recon.flow.shop_sim.create_gift_card(Decimal("25.00"))
     shopify_card = await recon.flow.shop.get_gift_card(gid)
     assert shopify_card is not None
-    outcome = await recon.flow.omni.export_shopify_card(shopify_card)
+    outcome = await export_shopify_card(recon.flow.omni, shopify_card)
     assert outcome.card_id is not None
     [pos_link] = await rows(
         recon.engine,
