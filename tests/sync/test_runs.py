@@ -11,12 +11,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import records
+from app.db import findings as db_findings
 from app.db.engine import SessionFactory, transaction
 from app.db.jobs import claim, fail
 from app.db.jobs import retry_dead as retry_dead_job
 from app.settings import PosKind
-from app.sync import runs
+from app.sync import findings, run_reporter, runs
+from app.sync.run_reporter import RunReporter
 from app.sync.runs import (
     BACKFILL_JOB,
     RECONCILE_JOB,
@@ -24,7 +25,6 @@ from app.sync.runs import (
     DirectionDisabled,
     NoPos,
     ReconcileParams,
-    RunReporter,
     UnknownCards,
 )
 from tests.conftest import make_settings
@@ -213,20 +213,20 @@ async def test_mark_running_then_resume(sessions: SessionFactory, engine: AsyncE
     run_id = await runs.start_run(sessions, "backfill", {"direction": "to_pos"})
 
     async with transaction(sessions) as session:
-        state = await runs.mark_running(session, run_id)
+        state = await run_reporter.mark_running(session, run_id)
     assert state is not None
     assert (state.id, state.kind, state.progress) == (run_id, "backfill", {})
     [first] = await _rows(engine, "SELECT status, started_at FROM runs")
     assert first.status == "running" and first.started_at is not None
 
     async with transaction(sessions) as session:
-        assert await runs.update_progress(
+        assert await run_reporter.update_progress(
             session, run_id, {"cursor": "c-7", "done": 7}, {"moved": 7}
         )
 
     # A worker whose lease ran out is replaced; the new one resumes from the checkpoint.
     async with transaction(sessions) as session:
-        resumed = await runs.mark_running(session, str(run_id))
+        resumed = await run_reporter.mark_running(session, str(run_id))
     assert resumed is not None
     assert resumed.progress == {"cursor": "c-7", "done": 7}
     assert resumed.counts == {"moved": 7, "already_linked": 0, "skipped": 0}
@@ -237,11 +237,11 @@ async def test_mark_running_then_resume(sessions: SessionFactory, engine: AsyncE
 async def test_mark_running_refuses_finished_and_unknown_runs(sessions: SessionFactory) -> None:
     run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        assert await runs.mark_running(session, run_id) is not None
-        assert await runs.finish_run(session, run_id, "succeeded", {"checked": 3})
+        assert await run_reporter.mark_running(session, run_id) is not None
+        assert await run_reporter.finish_run(session, run_id, "succeeded", {"checked": 3})
     async with transaction(sessions) as session:
-        assert await runs.mark_running(session, run_id) is None
-        assert await runs.mark_running(session, uuid.uuid4()) is None
+        assert await run_reporter.mark_running(session, run_id) is None
+        assert await run_reporter.mark_running(session, uuid.uuid4()) is None
 
 
 async def test_update_progress_merges_and_stops_after_finish(
@@ -250,18 +250,22 @@ async def test_update_progress_merges_and_stops_after_finish(
     run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
         # Not running yet: a checkpoint before mark_running is refused.
-        assert not await runs.update_progress(session, run_id, {"done": 1}, {"checked": 1})
-        await runs.mark_running(session, run_id)
-        assert await runs.update_progress(session, run_id, {"done": 1, "total": 9}, {"checked": 1})
-        assert await runs.update_progress(session, run_id, {"done": 4}, {"in_sync": 3})
+        assert not await run_reporter.update_progress(session, run_id, {"done": 1}, {"checked": 1})
+        await run_reporter.mark_running(session, run_id)
+        assert await run_reporter.update_progress(
+            session, run_id, {"done": 1, "total": 9}, {"checked": 1}
+        )
+        assert await run_reporter.update_progress(session, run_id, {"done": 4}, {"in_sync": 3})
     [run] = await _rows(engine, "SELECT progress, counts FROM runs")
     assert run.progress == {"done": 4, "total": 9}
     assert run.counts == {"checked": 1, "in_sync": 3, "repaired": 0, "findings": 0}
 
     async with transaction(sessions) as session:
-        assert await runs.finish_run(session, run_id, "failed", {"checked": 4}, "POS said no")
-        assert not await runs.update_progress(session, run_id, {"done": 5}, {})
-        assert not await runs.finish_run(session, run_id, "succeeded", {})
+        assert await run_reporter.finish_run(
+            session, run_id, "failed", {"checked": 4}, "POS said no"
+        )
+        assert not await run_reporter.update_progress(session, run_id, {"done": 5}, {})
+        assert not await run_reporter.finish_run(session, run_id, "succeeded", {})
     [done] = await _rows(engine, "SELECT status, error, counts, finished_at FROM runs")
     assert (done.status, done.error) == ("failed", "POS said no")
     assert done.counts["checked"] == 4
@@ -272,17 +276,17 @@ async def test_finish_run_takes_only_final_statuses(sessions: SessionFactory) ->
     run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
         with pytest.raises(ValueError, match="succeeded or failed"):
-            await runs.finish_run(session, run_id, "running", {})  # type: ignore[arg-type]
+            await run_reporter.finish_run(session, run_id, "running", {})  # type: ignore[arg-type]
 
 
 async def test_two_workers_finishing_one_run_only_one_wins(sessions: SessionFactory) -> None:
     run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        await runs.mark_running(session, run_id)
+        await run_reporter.mark_running(session, run_id)
 
     async def finish(status: Any) -> bool:
         async with transaction(sessions) as session:
-            return await runs.finish_run(session, run_id, status, {})
+            return await run_reporter.finish_run(session, run_id, status, {})
 
     outcomes = await asyncio.gather(finish("succeeded"), finish("failed"))
     assert sorted(outcomes) == [False, True]
@@ -343,7 +347,7 @@ async def test_get_run_lists_the_findings_it_opened_or_saw(
     earlier = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     later = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        await runs.record_finding(
+        await findings.record_finding(
             session,
             earlier,
             finding_type="balance_mismatch",
@@ -351,7 +355,7 @@ async def test_get_run_lists_the_findings_it_opened_or_saw(
             card_id=card_id,
             evidence={"shopify": "10.00", "lightspeed": "12.00"},
         )
-        await runs.record_finding(
+        await findings.record_finding(
             session,
             earlier,
             finding_type="orphan",
@@ -359,7 +363,7 @@ async def test_get_run_lists_the_findings_it_opened_or_saw(
             card_id=None,
             evidence={"last4": "0055"},
         )
-        await runs.record_finding(
+        await findings.record_finding(
             session,
             later,
             finding_type="balance_mismatch",
@@ -367,7 +371,7 @@ async def test_get_run_lists_the_findings_it_opened_or_saw(
             card_id=card_id,
             evidence={"shopify": "10.00", "lightspeed": "13.00"},
         )
-        await records.open_finding(
+        await db_findings.open_finding(
             session,
             finding_type="unrepairable",
             subject="shadow:x",
@@ -432,13 +436,13 @@ async def test_record_finding_opens_once_and_refreshes(
     first = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     second = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        assert await runs.record_finding(
+        assert await findings.record_finding(
             session, first, finding_type="t", subject="s", card_id=None, evidence={"n": 1}
         )
-        assert not await runs.record_finding(
+        assert not await findings.record_finding(
             session, first, finding_type="t", subject="s", card_id=None, evidence={"n": 2}
         )
-        assert not await runs.record_finding(
+        assert not await findings.record_finding(
             session, second, finding_type="t", subject="s", card_id=None, evidence={"n": 3}
         )
     row = await _finding(engine, "t", "s")
@@ -450,10 +454,10 @@ async def test_open_finding_without_a_run_keeps_its_old_behaviour(
     sessions: SessionFactory, engine: AsyncEngine
 ) -> None:
     async with transaction(sessions) as session:
-        assert await records.open_finding(
+        assert await db_findings.open_finding(
             session, finding_type="t", subject="s", card_id=None, evidence={"n": 1}
         )
-        assert not await records.open_finding(
+        assert not await db_findings.open_finding(
             session, finding_type="t", subject="s", card_id=None, evidence={"n": 2}
         )
     row = await _finding(engine, "t", "s")
@@ -461,7 +465,7 @@ async def test_open_finding_without_a_run_keeps_its_old_behaviour(
 
     run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        await runs.record_finding(
+        await findings.record_finding(
             session, run_id, finding_type="t", subject="s", card_id=None, evidence={"n": 3}
         )
     row = await _finding(engine, "t", "s")
@@ -475,13 +479,13 @@ async def test_a_resolved_finding_seen_again_opens_a_new_one(
     second = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     third = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        await runs.record_finding(
+        await findings.record_finding(
             session, first, finding_type="t", subject="s", card_id=None, evidence={}
         )
     async with transaction(sessions) as session:
-        assert await runs.resolve_findings_not_seen(session, second, finding_types=["t"]) == 1
+        assert await findings.resolve_findings_not_seen(session, second, finding_types=["t"]) == 1
     async with transaction(sessions) as session:
-        assert await runs.record_finding(
+        assert await findings.record_finding(
             session, third, finding_type="t", subject="s", card_id=None, evidence={}
         )
     rows = await _rows(engine, "SELECT resolved_at, first_run_id FROM findings ORDER BY id")
@@ -501,7 +505,7 @@ async def test_resolve_findings_not_seen_respects_its_scope(
             ("mismatch", "card:still", card_a),
             ("overdraft", "card:a", card_a),
         ]:
-            await runs.record_finding(
+            await findings.record_finding(
                 session,
                 before,
                 finding_type=finding_type,
@@ -511,8 +515,8 @@ async def test_resolve_findings_not_seen_respects_its_scope(
             )
     now = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        await runs.mark_running(session, now)
-        await runs.record_finding(
+        await run_reporter.mark_running(session, now)
+        await findings.record_finding(
             session,
             now,
             finding_type="mismatch",
@@ -520,7 +524,7 @@ async def test_resolve_findings_not_seen_respects_its_scope(
             card_id=card_a,
             evidence={},
         )
-        resolved = await runs.resolve_findings_not_seen(
+        resolved = await findings.resolve_findings_not_seen(
             session, now, finding_types=["mismatch"], card_ids=[card_a]
         )
     assert resolved == 1
@@ -540,7 +544,7 @@ async def test_resolve_findings_by_subject_prefix_escapes_like_wildcards(
     before = await runs.start_run(sessions, "backfill", {"direction": "to_pos"})
     async with transaction(sessions) as session:
         for subject in ("export_shopify:1", "exportXshopify:2", "import:3"):
-            await runs.record_finding(
+            await findings.record_finding(
                 session,
                 before,
                 finding_type="unmovable",
@@ -550,7 +554,7 @@ async def test_resolve_findings_by_subject_prefix_escapes_like_wildcards(
             )
     now = await runs.start_run(sessions, "backfill", {"direction": "to_pos"})
     async with transaction(sessions) as session:
-        resolved = await runs.resolve_findings_not_seen(
+        resolved = await findings.resolve_findings_not_seen(
             session, now, finding_types=["unmovable"], subject_prefix="export_"
         )
     assert resolved == 1
@@ -564,19 +568,25 @@ async def test_an_older_run_does_not_resolve_what_a_newer_run_saw(
     older = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     newer = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        await runs.mark_running(session, older)
-        await runs.record_finding(
+        await run_reporter.mark_running(session, older)
+        await findings.record_finding(
             session, newer, finding_type="mismatch", subject="card:x", card_id=None, evidence={}
         )
     async with transaction(sessions) as session:
-        assert await runs.resolve_findings_not_seen(session, older, finding_types=["mismatch"]) == 0
+        assert (
+            await findings.resolve_findings_not_seen(session, older, finding_types=["mismatch"])
+            == 0
+        )
     async with transaction(sessions) as session:
         # A finding another flow opened after the older run started is newer than its look too.
-        await records.open_finding(
+        await db_findings.open_finding(
             session, finding_type="mismatch", subject="card:y", card_id=None, evidence={}
         )
     async with transaction(sessions) as session:
-        assert await runs.resolve_findings_not_seen(session, older, finding_types=["mismatch"]) == 0
+        assert (
+            await findings.resolve_findings_not_seen(session, older, finding_types=["mismatch"])
+            == 0
+        )
     assert len(await _rows(engine, "SELECT id FROM findings WHERE resolved_at IS NULL")) == 2
 
 
@@ -584,14 +594,15 @@ async def test_a_later_run_resolves_runless_findings_it_judges(
     sessions: SessionFactory, engine: AsyncEngine
 ) -> None:
     async with transaction(sessions) as session:
-        await records.open_finding(
+        await db_findings.open_finding(
             session, finding_type="mismatch", subject="card:z", card_id=None, evidence={}
         )
     run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        await runs.mark_running(session, run_id)
+        await run_reporter.mark_running(session, run_id)
         assert (
-            await runs.resolve_findings_not_seen(session, run_id, finding_types=["mismatch"]) == 1
+            await findings.resolve_findings_not_seen(session, run_id, finding_types=["mismatch"])
+            == 1
         )
 
 
@@ -599,7 +610,7 @@ async def test_resolve_needs_finding_types(sessions: SessionFactory) -> None:
     run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
         with pytest.raises(ValueError, match="finding types"):
-            await runs.resolve_findings_not_seen(session, run_id, finding_types=[])
+            await findings.resolve_findings_not_seen(session, run_id, finding_types=[])
 
 
 async def test_reporter_records_findings_alone_or_in_a_transaction(

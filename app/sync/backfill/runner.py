@@ -52,13 +52,13 @@ from app.sync.omni.common import NOTE_MARKER, SHOPIFY, LinkOutcome
 from app.sync.omni.flow import OmniSync
 from app.sync.omni.links import export_shopify_card, import_pos_card
 from app.sync.pos import PosCard
+from app.sync.run_reporter import RunReporter
 from app.sync.runs import (
     BackfillDirection,
     BackfillParams,
     BackfillRequest,
     DirectionDisabled,
     NoPos,
-    RunReporter,
     RunStatus,
     backfill_plan,
 )

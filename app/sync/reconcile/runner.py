@@ -67,6 +67,7 @@ from app.metrics import (
 )
 from app.settings import Settings
 from app.sync import runs
+from app.sync.findings import record_finding, resolve_findings_not_seen
 from app.sync.omni import (
     CURSOR_OVERLAP,
     DEACTIVATE_JOB,
@@ -81,7 +82,8 @@ from app.sync.omni.merge import MergePlan, SystemState, SystemStatus, in_sync, p
 from app.sync.omni.sync import sync_card
 from app.sync.omni.triggers import pos_cursor_name, read_cursor
 from app.sync.pos import PosCard
-from app.sync.runs import ReconcileParams, RunReporter
+from app.sync.run_reporter import RunReporter
+from app.sync.runs import ReconcileParams
 from app.sync.shadow.lifecycle import CLOSE_JOB, request_close
 from app.worker import RetryLater, run_as_singleton
 
@@ -271,7 +273,7 @@ class Reconciler:
             return
         except UpstreamRejected as exc:
             async with transaction(self.sessions) as session:
-                await runs.record_finding(
+                await record_finding(
                     session,
                     payload["run_id"],
                     finding_type="unrepairable",
@@ -1073,7 +1075,7 @@ class _Execution:
             self._repaired_with("orphan_shadow_card")
             return
         async with transaction(self.r.sessions) as session:
-            await runs.record_finding(
+            await record_finding(
                 session,
                 self.run_id,
                 finding_type="orphan_shadow_card",
@@ -1154,7 +1156,7 @@ class _Execution:
                     {"shadow_id": str(row.shadow_id)},
                     f"shadow:{row.shadow_id}:close:reconcile:{self.run_id}",
                 )
-            await runs.record_finding(
+            await record_finding(
                 session,
                 self.run_id,
                 finding_type=finding_type,
@@ -1310,7 +1312,7 @@ class _Execution:
                     {"run": self.run_id, "cards": unchecked},
                 )
             card_types = SHADOW_FINDINGS + (OMNI_FINDINGS if self.omni is not None else ())
-            resolved = await runs.resolve_findings_not_seen(
+            resolved = await resolve_findings_not_seen(
                 session,
                 self.run_id,
                 finding_types=card_types,
@@ -1321,7 +1323,7 @@ class _Execution:
                 unlinked_types = ("orphan_shadow_card",) + (
                     ("missing_link",) if self.omni is not None else ()
                 )
-                resolved += await runs.resolve_findings_not_seen(
+                resolved += await resolve_findings_not_seen(
                     session,
                     self.run_id,
                     finding_types=unlinked_types,

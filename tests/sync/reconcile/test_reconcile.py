@@ -24,7 +24,7 @@ from app.clients.shopify import ShopifyUnavailable
 from app.db.engine import transaction
 from app.runtime import Runtime, install_features
 from app.settings import Settings
-from app.sync import runs
+from app.sync import run_reporter, runs
 from app.sync import shadow as shadow_flow
 from app.sync.omni import MOVE_JOB, SHOPIFY, export_shopify_card
 from app.sync.reconcile import (
@@ -896,7 +896,7 @@ async def test_finished_runs_are_not_run_again(retail: Recon) -> None:
     await retail.cards(1)
     run_id, counts = await retail.run()
     async with transaction(retail.flow.runtime.sessions) as session:
-        state = await runs.mark_running(session, run_id)
+        state = await run_reporter.mark_running(session, run_id)
     assert state is None
     assert await retail.reconciler.run(run_id) == counts
 
