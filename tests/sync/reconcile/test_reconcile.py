@@ -6,6 +6,7 @@ means straight on a simulator with no poll or webhook afterwards: only the recon
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from app.sync.reconcile import (
     PERIODIC_NAME,
     Reconciler,
     execute_here,
+    omni_cards,
     schedule_run,
 )
 from app.sync.runs import RECONCILE_JOB
@@ -503,14 +505,14 @@ async def test_dry_run_plans_the_same_repairs_and_writes_nothing(recon: Recon) -
 
 
 async def test_a_crash_mid_run_leaves_whole_cards_and_the_retried_job_finishes(
-    retail: Recon,
+    retail: Recon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cards = await retail.cards(5)
     for card in cards:
         retail.flow.spend_in_store(card.external_id, card.serial, "10.00")
     retail.reconciler.batch_size = 2
     retail.reconciler.repair_concurrency = 1  # which card the crash hits is then known
-    real_sync = retail.flow.omni.sync_card
+    real_sync = omni_cards.sync_card
     calls = 0
 
     async def crashing_sync(*args: Any, **kwargs: Any) -> Any:
@@ -520,7 +522,7 @@ async def test_a_crash_mid_run_leaves_whole_cards_and_the_retried_job_finishes(
             raise RuntimeError("worker killed mid-run")
         return await real_sync(*args, **kwargs)
 
-    retail.flow.omni.sync_card = crashing_sync  # type: ignore[method-assign]
+    monkeypatch.setattr(omni_cards, "sync_card", crashing_sync)
     run_id = await runs.start_reconcile(retail.flow.runtime.sessions, dry_run=False)
     await retail.flow.drain()  # the worker runs the reconcile job (it fails) and 3 cards' moves
 
@@ -543,7 +545,7 @@ async def test_a_crash_mid_run_leaves_whole_cards_and_the_retried_job_finishes(
             == []
         )
 
-    retail.flow.omni.sync_card = real_sync  # type: ignore[method-assign]
+    monkeypatch.undo()
     async with retail.engine.begin() as connection:  # the backoff has passed
         await connection.execute(
             text("UPDATE jobs SET run_at = now() WHERE kind = :k"), {"k": RECONCILE_JOB}
@@ -826,7 +828,9 @@ async def test_a_shadow_card_no_checkout_recorded_is_deactivated(shadow: Shadow)
 async def test_the_schedule_starts_one_full_run_per_interval(retail: Recon) -> None:
     sessions = retail.flow.runtime.sessions
     assert [p.name for p in retail.flow.runtime.periodic].count(PERIODIC_NAME) == 1
-    assert retail.flow.runtime.handlers[RECONCILE_JOB] == retail.reconciler.run_job
+    handler = retail.flow.runtime.handlers[RECONCILE_JOB]
+    assert isinstance(handler, functools.partial)
+    assert (handler.func, handler.args) == (Reconciler.run_job, (retail.reconciler,))
 
     first = await schedule_run(sessions, timedelta(hours=1))
     assert first is not None
