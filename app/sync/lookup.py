@@ -1,7 +1,8 @@
-"""Operator queries behind `/internal/*`: dead jobs, retries, card lookup and one card in detail.
+"""What operators and store staff look up behind `/internal/*`: dead jobs, retries, card lookup
+and one card in detail.
 
-Views are built column by column rather than from ORM rows, so a secret column (sealed PIN,
-sealed card number, sealed Shopify code, job payload) can never reach an answer by accident.
+Views are built from named columns, never whole rows, so a secret column (sealed PIN, sealed
+card number, sealed Shopify code, job payload) can never reach an answer by accident.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.crypto import card_hash
+from app.db import card_links, gift_cards, jobs, records, shadow_cards, sync_base
 from app.db.engine import SessionFactory, transaction
-from app.db.jobs import retry_dead
-from app.db.models import CardLink, GiftCard, Job, LedgerEntry, ShadowCard, SyncBase
 
 JobState = Literal["dead", "queued", "running", "done"]
 JOB_LIST_LIMIT = 100
@@ -107,31 +107,15 @@ async def list_jobs(
 ) -> list[JobSummary]:
     """Newest first, so the failure an operator was just told about is at the top."""
     async with transaction(sessions) as session:
-        rows = await session.execute(
-            select(
-                Job.id,
-                Job.kind,
-                Job.state,
-                Job.attempts,
-                Job.max_attempts,
-                Job.last_error,
-                Job.run_at,
-                Job.idempotency_key,
-                Job.created_at,
-            )
-            .where(Job.state == state)
-            .order_by(Job.created_at.desc(), Job.id.desc())
-            .limit(limit)
-        )
-        return [JobSummary(*row) for row in rows.all()]
+        return [JobSummary(*row) for row in await jobs.summaries(session, state, limit=limit)]
 
 
 async def retry_job(sessions: SessionFactory, job_id: int) -> None:
     """Requeue a dead job with fresh attempts; raises JobNotFound or JobNotDead otherwise."""
     async with transaction(sessions) as session:
-        if await retry_dead(session, job_id):
+        if await jobs.retry_dead(session, job_id):
             return
-        state: str | None = await session.scalar(select(Job.state).where(Job.id == job_id))
+        state = await jobs.state_of(session, job_id)
     if state is None:
         raise JobNotFound(str(job_id))
     raise JobNotDead(state)
@@ -140,70 +124,33 @@ async def retry_job(sessions: SessionFactory, job_id: int) -> None:
 async def card_detail(sessions: SessionFactory, card_id: uuid.UUID) -> CardDetail | None:
     """Every system's view of one card in a single snapshot; None when the card is unknown."""
     async with transaction(sessions) as session:
-        card = (
-            await session.execute(
-                select(GiftCard.id, GiftCard.kind, GiftCard.currency, GiftCard.state).where(
-                    GiftCard.id == card_id
-                )
-            )
-        ).first()
+        card = await gift_cards.get(session, card_id)
         if card is None:
             return None
-        links = await session.execute(
-            select(
-                CardLink.system,
-                CardLink.external_id,
-                CardLink.code_last4,
-                CardLink.last_seen_balance_minor,
-                CardLink.last_seen_at,
-                CardLink.last_seen_status,
-            )
-            .where(CardLink.card_id == card_id)
-            .order_by(CardLink.system)
-        )
-        base = (
-            await session.execute(
-                select(SyncBase.balance_minor, SyncBase.version).where(SyncBase.card_id == card_id)
-            )
-        ).first()
-        ledger = await session.execute(
-            select(
-                LedgerEntry.system,
-                LedgerEntry.amount_minor,
-                LedgerEntry.cause,
-                LedgerEntry.idempotency_key,
-                LedgerEntry.created_at,
-            )
-            .where(LedgerEntry.card_id == card_id)
-            .order_by(LedgerEntry.created_at.desc(), LedgerEntry.id.desc())
-            .limit(LEDGER_LIMIT)
-        )
+        links = await card_links.views_of_card(session, card_id)
+        base = await sync_base.get(session, card_id)
+        ledger = await records.recent_for_card(session, card_id, limit=LEDGER_LIMIT)
         shadow = None
         if card.kind == "vii_shadow":
-            # One checkout per shadow card in practice; the newest is the one that matters.
-            shadow = (
-                await session.execute(
-                    select(
-                        ShadowCard.state,
-                        ShadowCard.vii_last4,
-                        ShadowCard.applied_amount_minor,
-                        ShadowCard.hold_amount_minor,
-                        ShadowCard.captured_amount_minor,
-                        ShadowCard.expires_at,
-                    )
-                    .where(ShadowCard.card_id == card_id)
-                    .order_by(ShadowCard.created_at.desc())
-                    .limit(1)
-                )
-            ).first()
+            shadow = await shadow_cards.newest_view_for_card(session, card_id)
         return CardDetail(
             id=card.id,
             kind=card.kind,
             currency=card.currency,
             state=card.state,
-            links=[LinkView(*row) for row in links.all()],
+            links=[
+                LinkView(
+                    system=link.system,
+                    external_id=link.external_id,
+                    code_last4=link.code_last4,
+                    last_seen_balance_minor=link.last_seen_balance_minor,
+                    last_seen_at=link.last_seen_at,
+                    last_seen_status=link.last_seen_status,
+                )
+                for link in links
+            ],
             sync_base=SyncBaseView(*base) if base is not None else None,
-            ledger=[LedgerView(*row) for row in ledger.all()],
+            ledger=[LedgerView(*row) for row in ledger],
             shadow=ShadowView(*shadow) if shadow is not None else None,
         )
 
@@ -255,65 +202,22 @@ async def find_cards(
     """
     if last4 is None and email is None and serial is None:
         raise ValueError("at least one of last4, email, serial is required")
-    query = (
-        select(
-            GiftCard.id,
-            GiftCard.kind,
-            GiftCard.state,
-            GiftCard.currency,
-            GiftCard.customer_email,
-            SyncBase.balance_minor,
-        )
-        .outerjoin(SyncBase, SyncBase.card_id == GiftCard.id)
-        .order_by(GiftCard.created_at.desc(), GiftCard.id)
-        .limit(limit)
-    )
-    if email is not None:
-        query = query.where(GiftCard.customer_email == email.strip().lower())
-    if last4 is not None:
-        query = query.where(
-            exists().where(
-                CardLink.card_id == GiftCard.id,
-                func.lower(CardLink.code_last4) == last4.strip().lower(),
-            )
-        )
+    code_hash = None
     if serial is not None:
         if hash_key is None:
             raise SerialLookupUnavailable("CARD_HASH_KEY is not set")
-        hashed = serial_hash(hash_key, serial)
-        query = query.where(
-            exists().where(CardLink.card_id == GiftCard.id, CardLink.code_hash == hashed)
-            | exists().where(ShadowCard.card_id == GiftCard.id, ShadowCard.vii_card_hash == hashed)
-        )
+        code_hash = serial_hash(hash_key, serial)
     async with transaction(sessions) as session:
-        cards = (await session.execute(query)).all()
+        cards = await gift_cards.find(
+            session,
+            limit=limit,
+            email=None if email is None else email.strip().lower(),
+            last4=None if last4 is None else last4.strip().lower(),
+            code_hash=code_hash,
+        )
         if not cards:
             return []
-        links = await session.execute(
-            select(
-                CardLink.card_id,
-                CardLink.system,
-                CardLink.external_id,
-                CardLink.code_last4,
-                CardLink.last_seen_balance_minor,
-                CardLink.last_seen_status,
-                CardLink.last_seen_at,
-            )
-            .where(CardLink.card_id.in_([card.id for card in cards]))
-            .order_by(CardLink.card_id, CardLink.system)
-        )
-        by_card: dict[uuid.UUID, list[MatchLink]] = {}
-        for row in links.all():
-            by_card.setdefault(row.card_id, []).append(
-                MatchLink(
-                    system=row.system,
-                    external_id=row.external_id,
-                    code_last4=row.code_last4,
-                    last_seen_balance_minor=row.last_seen_balance_minor,
-                    last_seen_status=row.last_seen_status,
-                    last_seen_at=row.last_seen_at,
-                )
-            )
+        links = await _links_by_card(session, [card.id for card in cards])
     return [
         CardMatch(
             id=card.id,
@@ -322,7 +226,25 @@ async def find_cards(
             currency=card.currency,
             customer_email=card.customer_email,
             base_balance_minor=card.balance_minor,
-            links=by_card.get(card.id, []),
+            links=links.get(card.id, []),
         )
         for card in cards
     ]
+
+
+async def _links_by_card(
+    session: AsyncSession, card_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[MatchLink]]:
+    by_card: dict[uuid.UUID, list[MatchLink]] = {}
+    for row in await card_links.views_of_cards(session, card_ids):
+        by_card.setdefault(row.card_id, []).append(
+            MatchLink(
+                system=row.system,
+                external_id=row.external_id,
+                code_last4=row.code_last4,
+                last_seen_balance_minor=row.last_seen_balance_minor,
+                last_seen_status=row.last_seen_status,
+                last_seen_at=row.last_seen_at,
+            )
+        )
+    return by_card
