@@ -1,10 +1,10 @@
 """Historical backfill (DESIGN 1.A): every card that exists before omni sync starts crosses once.
 
-Two passes, each offering every card of one system to `OmniSync`, which links it or says why not:
+Two passes, each offering every card of one system to omni sync, which links it or says why not:
 - `to_pos` (DOWNLOAD_SHOPIFY_GIFT_CARDS): every Shopify card, read with one bulk export, goes to
-  `OmniSync.export_shopify_card`;
+  omni's `export_shopify_card`;
 - `to_shopify` (CREATE_UPDATE_SHOPIFY_GIFT_CARDS): every POS card, read page by page, goes to
-  `OmniSync.import_pos_card`.
+  omni's `import_pos_card`.
 
 The writes are what takes time (Lightspeed allows about one unit a second, and a card costs ten),
 so a bounded number of workers pull cards from a bounded queue: the clients pace themselves to
