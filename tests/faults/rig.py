@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.clients.factory import Clients
-from app.clients.lightspeed import LightspeedClient
+from app.clients.lightspeed import LightspeedClient, SaleSetup
 from app.clients.onsite import OnSiteClient
 from app.clients.shopify import ShopifyClient
 from app.clients.throttle import CostBucket
@@ -628,6 +628,7 @@ async def omni_rig(
             base_url="https://ls.sim",
             token_url="https://ls.sim/auth/oauth/token",
             balance_sign=BalanceSign(sign_),
+            sale_setup=SaleSetup(**ls_sim.correct_set_up()),
             timeout=CLIENT_TIMEOUT,
             transport=pos_wire,
         )
@@ -644,6 +645,7 @@ async def omni_rig(
             timeout=CLIENT_TIMEOUT,
             retry_base_delay=0.0,
             transport=pos_wire,
+            **onsite_sim.correct_set_up(),
         )
     pos = build_pos(settings, Clients(shopify=shop, pos=pos_client), runtime.sessions)
     assert pos is not None

@@ -172,14 +172,15 @@ VII_AT_APPLY: dict[str, Fault] = {
 
 
 # The faults at the pre-auth, each with whether Vii placed the hold before its answer was lost.
-# Any of them leaves the outcome of the pre-auth unknown: the apply's durable intent (a
-# `pending` row written before Vii was asked) stays for the recovery job.
+# These leave the outcome of the pre-auth unknown: the apply's durable intent (a `pending` row
+# written before Vii was asked) stays for the recovery job.
 PRE_AUTH_HOLD_PLACED = {
     "pre-auth-slow": False,
-    "pre-auth-503": False,
     "pre-auth-cut-short": True,
     "pre-auth-wrong-types": True,
 }
+# A 503 says Vii did nothing (app/clients/delivery.py): the intent is closed at once, settled.
+PRE_AUTH_NOT_DONE = {"pre-auth-503"}
 
 
 @pytest.mark.parametrize("fault", VII_AT_APPLY)
@@ -190,7 +191,16 @@ async def test_vii_fault_at_apply_is_a_503_that_leaves_nothing_and_recovers(
     response = await answered(rig.apply("20.00", card=CARD, pin=PIN))
     assert_problem(response, 503, "vii_unavailable")
     assert rig.live_shopify_cards() == {}
-    if fault in PRE_AUTH_HOLD_PLACED:
+    if fault in PRE_AUTH_NOT_DONE:
+        [intent] = await rig.shadow_rows()
+        assert (intent.state, intent.hold_code, intent.shopify_gift_card_id) == (
+            "abandoned",
+            None,
+            None,
+        )
+        assert rig.open_holds() == {}
+        assert await unfinished_jobs(rig.engine) == []
+    elif fault in PRE_AUTH_HOLD_PLACED:
         [intent] = await rig.shadow_rows()
         assert (intent.state, intent.hold_code, intent.shopify_gift_card_id) == (
             "pending",
@@ -217,7 +227,7 @@ async def test_vii_fault_at_apply_is_a_503_that_leaves_nothing_and_recovers(
     await rig.assert_consistent()  # a hold Vii made anyway has been undone
     assert rig.open_holds() == {}
     assert [row.state for row in await rig.shadow_rows()] == (
-        ["abandoned"] if fault in PRE_AUTH_HOLD_PLACED else []
+        ["abandoned"] if fault in PRE_AUTH_HOLD_PLACED or fault in PRE_AUTH_NOT_DONE else []
     )
 
     answer = await apply_ok(rig, "20.00")

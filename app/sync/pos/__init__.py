@@ -3,7 +3,7 @@
 - `protocol.py`: `PosGiftCards`, what omni sync, backfill and reconcile may ask of a POS;
 - `lightspeed.py`: Lightspeed R-Series, where a gift card is a credit account;
 - `onsite.py`: Lightspeed OnSite, over a balance projection built from invoices;
-- `factory.py`: the adapter the settings ask for.
+- `factory.py`: the adapter the settings ask for; `setup.py`: the POS set-up checks.
 """
 
 from app.sync.pos.protocol import (
