@@ -17,7 +17,7 @@ JOBS_FINISHED = Counter(
     "giftsync_jobs_finished_total", "Job attempts by outcome", ["kind", "outcome"]
 )
 
-# --- reconcile (app/sync/reconcile.py); `mode` is `repair` or `dry_run` ---
+# --- reconcile (app/sync/reconcile/); `mode` is `repair` or `dry_run` ---
 RECONCILE_CARDS_CHECKED = Counter(
     "giftsync_reconcile_cards_checked_total", "Cards a reconcile compared", ["mode"]
 )

@@ -28,7 +28,7 @@ from app.sync import shadow
 from app.sync.backfill import Backfill
 from app.sync.inbox import Inbox, TopicHandler
 from app.sync.omni import OmniSync
-from app.sync.omni_polling import OmniPollers
+from app.sync.omni.triggers import OmniPollers
 from app.sync.reconcile import Reconciler
 from app.sync.shadow.gate import CardGate
 from app.worker import JobHandler, Periodic, Worker
@@ -121,7 +121,7 @@ def _shopify_of(runtime: Runtime) -> ShopifyClient | None:
     """The one Shopify client of this process (tests wire flows without `clients`)."""
     if runtime.clients is not None and runtime.clients.shopify is not None:
         return runtime.clients.shopify
-    if runtime.omni is not None and isinstance(runtime.omni.shopify, ShopifyClient):
+    if runtime.omni is not None:
         return runtime.omni.shopify
     return runtime.shadow.shopify if runtime.shadow is not None else None
 
@@ -148,7 +148,7 @@ def assemble(
             sessions, CardGate(engine), settings, clients.vii, clients.shopify
         )
     if clients.shopify is not None:
-        from app.sync.pos_factory import build_pos
+        from app.sync.pos.factory import build_pos
 
         pos = build_pos(settings, clients, sessions)
         if pos is not None:

@@ -17,12 +17,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import text
-
 from app.activity import RequestActivity
-from app.db import jobs
+from app.db import heartbeats, jobs
 from app.db.engine import SessionFactory, autocommit_connection, transaction
-from app.db.locks import lock_key
+from app.db.locks import try_lock_for_connection, unlock_for_connection
 from app.logging import get_logger, mask_text
 from app.metrics import JOBS_FINISHED
 
@@ -121,16 +119,7 @@ class Worker:
 
     async def beat(self) -> None:
         async with transaction(self.sessions) as session:
-            await session.execute(
-                text(
-                    """
-                    INSERT INTO worker_heartbeats (worker_id, started_at, beat_at)
-                    VALUES (:w, now(), now())
-                    ON CONFLICT (worker_id) DO UPDATE SET beat_at = now()
-                    """
-                ),
-                {"w": self.worker_id},
-            )
+            await heartbeats.beat(session, self.worker_id)
             await jobs.extend_leases(
                 session, self.worker_id, sorted(self._in_flight), self.config.lease
             )
@@ -138,10 +127,7 @@ class Worker:
     async def _retire(self) -> None:
         try:
             async with transaction(self.sessions) as session:
-                await session.execute(
-                    text("DELETE FROM worker_heartbeats WHERE worker_id = :w"),
-                    {"w": self.worker_id},
-                )
+                await heartbeats.retire(session, self.worker_id)
         except Exception:
             log.warning("heartbeat_retire_failed", worker_id=self.worker_id)
 
@@ -236,12 +222,11 @@ async def run_as_singleton(
     many transactions, and if this process dies its connection closes and the lock is freed.
     """
     async with autocommit_connection(sessions) as autocommit:
-        key = lock_key(f"singleton:{name}")
-        got = await autocommit.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-        if not got:
+        lock = f"singleton:{name}"
+        if not await try_lock_for_connection(autocommit, lock):
             return False
         try:
             await work()
         finally:
-            await autocommit.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            await unlock_for_connection(autocommit, lock)
         return True

@@ -13,12 +13,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-
+from app.clients.shopify import ShopifyClient
+from app.db import cursors, gift_cards
 from app.db.engine import SessionFactory, transaction
 from app.logging import get_logger
 from app.sync.inbox import Delivery
-from app.sync.omni import CURSOR_OVERLAP, SHOPIFY, OmniSync
+from app.sync.omni.common import CURSOR_OVERLAP, SHOPIFY
+from app.sync.omni.flow import OmniSync
+from app.sync.omni.links import export_shopify_card, import_pos_card
+from app.sync.omni.sync import sync_card
 from app.sync.shadow.payments import payment_from_rest
 from app.worker import run_as_singleton
 
@@ -29,39 +32,31 @@ SHOPIFY_POLLER = "omni-poll-shopify"
 PURCHASED = "source:purchased"
 
 
+def pos_cursor_name(system: str) -> str:
+    """The `sync_cursors` row of the POS poller of `system`."""
+    return f"omni:{system}:changes"
+
+
 async def read_cursor(sessions: SessionFactory, name: str) -> datetime | None:
     async with sessions() as session:
-        value = await session.scalar(
-            text("SELECT cursor FROM sync_cursors WHERE name = :n"), {"n": name}
-        )
-    return datetime.fromisoformat(value) if value else None
+        return await cursors.get(session, name)
 
 
 async def save_cursor(sessions: SessionFactory, name: str, at: datetime) -> None:
     """Move the cursor forward only: a slow poller finishing late never moves it back."""
     async with transaction(sessions) as session:
-        await session.execute(
-            text(
-                """
-                INSERT INTO sync_cursors (name, cursor) VALUES (:n, :c)
-                ON CONFLICT (name) DO UPDATE SET cursor = EXCLUDED.cursor, updated_at = now()
-                WHERE sync_cursors.cursor < EXCLUDED.cursor
-                """
-            ),
-            {"n": name, "c": at.astimezone(UTC).isoformat()},
-        )
+        await cursors.advance(session, name, at)
 
 
 class OmniPollers:
-    def __init__(self, sessions: SessionFactory, omni: OmniSync, shopify: Any) -> None:
+    def __init__(self, sessions: SessionFactory, omni: OmniSync, shopify: ShopifyClient) -> None:
         self.sessions = sessions
         self.omni = omni
-        # The Shopify client: `iter_gift_cards_updated_since` is a read only pollers need.
         self.shopify = shopify
 
     @property
     def pos_cursor(self) -> str:
-        return f"omni:{self.omni.pos.system}:changes"
+        return pos_cursor_name(self.omni.pos.system)
 
     async def poll_pos(self) -> int:
         """Handle every POS card changed since the cursor; returns how many were handled.
@@ -92,7 +87,7 @@ class OmniPollers:
             return
         card = await self.omni.pos.get_card(external_id)
         if card is not None:
-            await self.omni.import_pos_card(card)
+            await import_pos_card(self.omni, card)
 
     async def poll_shopify(self) -> int:
         """Handle every Shopify card updated since the cursor (newest first, so the cursor
@@ -113,7 +108,7 @@ class OmniPollers:
                     await self._sync(card_id, "shopify_changed")
                     handled += 1
             elif self.omni.to_pos and card.order_id is not None:
-                await self.omni.export_shopify_card(card)
+                await export_shopify_card(self.omni, card)
                 handled += 1
         await save_cursor(self.sessions, SHOPIFY_POLLER, latest)
         return handled
@@ -126,13 +121,10 @@ class OmniPollers:
 
     async def _is_omni(self, card_id: uuid.UUID) -> bool:
         async with self.sessions() as session:
-            kind = await session.scalar(
-                text("SELECT kind FROM gift_cards WHERE id = :c"), {"c": card_id}
-            )
-        return bool(kind == "omni")
+            return await gift_cards.kind_of(session, card_id) == "omni"
 
     async def _sync(self, card_id: uuid.UUID, why: str) -> None:
-        outcome = await self.omni.sync_card(card_id)
+        outcome = await sync_card(self.omni, card_id)
         if outcome.status == "pending":
             # Its earlier moves are still landing: merge again once they have.
             await self.omni.request_sync(card_id, why)
@@ -181,7 +173,7 @@ class OmniPollers:
         if self.omni.to_pos:
             card = await self.omni.shopify.get_gift_card(gid)
             if card is not None and card.order_id is not None:
-                await self.omni.export_shopify_card(card)
+                await export_shopify_card(self.omni, card)
 
     async def _sync_shopify_card(self, shopify_card_id: str) -> None:
         card_id = await self.omni.linked_card(SHOPIFY, shopify_card_id)

@@ -8,9 +8,9 @@ from app.clients.onsite import OnSiteClient
 from app.crypto import SecretBox
 from app.db.engine import SessionFactory
 from app.settings import PosKind, Settings
-from app.sync.pos import PosGiftCards
-from app.sync.pos_lightspeed import LightspeedPos
-from app.sync.pos_onsite import OnSitePos
+from app.sync.pos.lightspeed import LightspeedPos
+from app.sync.pos.onsite import OnSitePos
+from app.sync.pos.protocol import PosGiftCards
 
 
 def build_pos(

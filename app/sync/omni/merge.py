@@ -110,36 +110,85 @@ def _balances(states: Sequence[SystemState]) -> dict[str, object]:
     return {state.system: state.balance_minor for state in states}
 
 
+def _held(
+    card_id: str, base_minor: int, base_version: int, findings: tuple[MergeFinding, ...]
+) -> MergePlan:
+    """Nothing moves and the base stays where it was."""
+    return MergePlan(
+        card_id=card_id,
+        base_minor=base_minor,
+        base_version=base_version,
+        target_minor=base_minor,
+        moves=(),
+        deactivate=(),
+        findings=findings,
+        new_base_version=base_version,
+    )
+
+
+def _currency_mismatch(base_minor: int, states: Sequence[SystemState]) -> MergeFinding | None:
+    currencies = {state.currency.strip().upper() for state in states}
+    if len(currencies) <= 1:
+        return None
+    return MergeFinding(
+        type="currency_mismatch",
+        evidence={
+            "base_minor": base_minor,
+            "currencies": {state.system: state.currency for state in states},
+            "balances": _balances(states),
+        },
+    )
+
+
+def _status_conflict(
+    base_minor: int,
+    states: Sequence[SystemState],
+    disabled: tuple[str, ...],
+    enabled: Sequence[SystemState],
+) -> MergeFinding | None:
+    if not disabled:
+        return None
+    reloaded = [state for state in enabled if state.balance_minor > base_minor]
+    if not reloaded:
+        return None
+    return MergeFinding(
+        type="status_conflict",
+        evidence={
+            "base_minor": base_minor,
+            "balances": _balances(states),
+            "disabled": list(disabled),
+            "reloaded": [state.system for state in reloaded],
+        },
+    )
+
+
+def _overdraft(
+    base_minor: int, base_version: int, states: Sequence[SystemState], raw_target: int
+) -> tuple[MergeFinding, ...]:
+    if raw_target >= 0:
+        return ()
+    return (
+        MergeFinding(
+            type="overdraft",
+            evidence={
+                "base_minor": base_minor,
+                "base_version": base_version,
+                "balances": _balances(states),
+                "raw_target_minor": raw_target,
+                "shortfall_minor": -raw_target,
+            },
+        ),
+    )
+
+
 def plan_merge(
     card_id: str, base_minor: int, base_version: int, states: Sequence[SystemState]
 ) -> MergePlan:
     """Plan the moves and deactivations that bring every system to the merged balance."""
     _validate(card_id, base_minor, base_version, states)
-
-    def unchanged(finding: MergeFinding) -> MergePlan:
-        return MergePlan(
-            card_id=card_id,
-            base_minor=base_minor,
-            base_version=base_version,
-            target_minor=base_minor,
-            moves=(),
-            deactivate=(),
-            findings=(finding,),
-            new_base_version=base_version,
-        )
-
-    currencies = {state.currency.strip().upper() for state in states}
-    if len(currencies) > 1:
-        return unchanged(
-            MergeFinding(
-                type="currency_mismatch",
-                evidence={
-                    "base_minor": base_minor,
-                    "currencies": {state.system: state.currency for state in states},
-                    "balances": _balances(states),
-                },
-            )
-        )
+    mismatch = _currency_mismatch(base_minor, states)
+    if mismatch is not None:
+        return _held(card_id, base_minor, base_version, (mismatch,))
 
     disabled = tuple(state.system for state in states if state.status == "disabled")
     enabled = [state for state in states if state.status == "enabled"]
@@ -147,48 +196,13 @@ def plan_merge(
         # The card is over everywhere; what each system still shows (Shopify keeps a balance
         # after deactivation, OnSite spends it down) is no longer money to agree on, and
         # moving the base would flip it back and forth on every merge.
-        return MergePlan(
-            card_id=card_id,
-            base_minor=base_minor,
-            base_version=base_version,
-            target_minor=base_minor,
-            moves=(),
-            deactivate=(),
-            findings=(),
-            new_base_version=base_version,
-        )
-    if disabled:
-        reloaded = [state for state in enabled if state.balance_minor > base_minor]
-        if reloaded:
-            return unchanged(
-                MergeFinding(
-                    type="status_conflict",
-                    evidence={
-                        "base_minor": base_minor,
-                        "balances": _balances(states),
-                        "disabled": list(disabled),
-                        "reloaded": [state.system for state in reloaded],
-                    },
-                )
-            )
+        return _held(card_id, base_minor, base_version, ())
+    conflict = _status_conflict(base_minor, states, disabled, enabled)
+    if conflict is not None:
+        return _held(card_id, base_minor, base_version, (conflict,))
 
     raw_target = base_minor + sum(state.balance_minor - base_minor for state in states)
     target = max(raw_target, 0)
-    findings: tuple[MergeFinding, ...] = ()
-    if raw_target < 0:
-        findings = (
-            MergeFinding(
-                type="overdraft",
-                evidence={
-                    "base_minor": base_minor,
-                    "base_version": base_version,
-                    "balances": _balances(states),
-                    "raw_target_minor": raw_target,
-                    "shortfall_minor": -raw_target,
-                },
-            ),
-        )
-
     moves: tuple[Move, ...] = ()
     deactivate: tuple[str, ...] = ()
     if disabled:
@@ -212,6 +226,6 @@ def plan_merge(
         target_minor=target,
         moves=moves,
         deactivate=deactivate,
-        findings=findings,
+        findings=_overdraft(base_minor, base_version, states, raw_target),
         new_base_version=base_version + 1 if changed else base_version,
     )

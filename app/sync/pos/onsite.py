@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clients.onsite import (
@@ -39,12 +37,13 @@ from app.clients.onsite import (
     OnSiteUnavailable,
 )
 from app.crypto import SecretBox, card_hash
+from app.db import pos_projection as projection
 from app.db.engine import SessionFactory, transaction
 from app.db.locks import lock_for_transaction
-from app.db.models import PosCardBalance, PosSeenMove
+from app.db.pos_projection import ProjectedCard
 from app.logging import get_logger
 from app.money import CENT, from_minor, to_minor
-from app.sync.pos import PosCard, PosChange, PosCustomer, PosSystem
+from app.sync.pos.protocol import PosCard, PosChange, PosCustomer, PosSystem
 
 log = get_logger(__name__)
 
@@ -111,14 +110,7 @@ class OnSitePos:
         after = ""
         while True:
             async with self._sessions() as session:
-                rows = (
-                    await session.scalars(
-                        select(PosCardBalance)
-                        .where(PosCardBalance.system == SYSTEM, PosCardBalance.code_hash > after)
-                        .order_by(PosCardBalance.code_hash)
-                        .limit(PAGE_SIZE)
-                    )
-                ).all()
+                rows = await projection.page(session, SYSTEM, after, PAGE_SIZE)
             for row in rows:
                 if recomputed.get(row.code_hash, 0) != row.balance_minor:
                     log.warning(
@@ -229,11 +221,7 @@ class OnSitePos:
             invoice_id = await self._client.post_balance_move(serial, -left, reference=reference)
             await self._record(invoice_id, reference, OnSiteGiftCardLine(serial, -left))
         async with transaction(self._sessions) as session:
-            await session.execute(
-                update(PosCardBalance)
-                .where(PosCardBalance.system == SYSTEM, PosCardBalance.code_hash == row.code_hash)
-                .values(status="disabled", changed_at=func.now())
-            )
+            await projection.disable(session, SYSTEM, row.code_hash)
 
     # ---- the projection ----
 
@@ -273,42 +261,19 @@ class OnSitePos:
             # Serialises appliers of one invoice (pollers, a write recording its own invoice),
             # so reading a stored move and correcting it cannot interleave.
             await lock_for_transaction(session, f"pos:{SYSTEM}:invoice:{invoice.invoice_id}")
-            stored = {
-                row.move_id: row
-                for row in (
-                    await session.execute(
-                        select(
-                            PosSeenMove.move_id, PosSeenMove.code_hash, PosSeenMove.amount_minor
-                        ).where(
-                            PosSeenMove.system == SYSTEM,
-                            PosSeenMove.move_id.in_([move.move_id for move in moves]),
-                        )
-                    )
-                ).all()
-            }
+            stored = await projection.seen_moves(session, SYSTEM, [m.move_id for m in moves])
             for move in moves:
                 old = stored.get(move.move_id)
                 if old is None:
-                    inserted = await session.scalar(
-                        insert(PosSeenMove)
-                        .values(
-                            system=SYSTEM,
-                            move_id=move.move_id,
-                            code_hash=move.code_hash,
-                            amount_minor=move.amount_minor,
-                        )
-                        .on_conflict_do_nothing()
-                        .returning(PosSeenMove.move_id)
-                    )
-                    if inserted is not None:
+                    if await projection.insert_seen_move(
+                        session, SYSTEM, move.move_id, move.code_hash, move.amount_minor
+                    ):
                         deltas[move.code_hash] += move.amount_minor
                 elif (old.code_hash, old.amount_minor) != (move.code_hash, move.amount_minor):
                     deltas[old.code_hash] -= old.amount_minor
                     deltas[move.code_hash] += move.amount_minor
-                    await session.execute(
-                        update(PosSeenMove)
-                        .where(PosSeenMove.system == SYSTEM, PosSeenMove.move_id == move.move_id)
-                        .values(code_hash=move.code_hash, amount_minor=move.amount_minor)
+                    await projection.correct_seen_move(
+                        session, SYSTEM, move.move_id, move.code_hash, move.amount_minor
                     )
             owner = invoice.customer_id if any(move.sold for move in moves) else None
             await self._upsert_cards(
@@ -336,38 +301,17 @@ class OnSitePos:
             serial = serials.get(code_hash)
             if serial is None:
                 # A card a corrected move moved away from: it exists, only its balance changes.
-                await session.execute(
-                    update(PosCardBalance)
-                    .where(PosCardBalance.system == SYSTEM, PosCardBalance.code_hash == code_hash)
-                    .values(
-                        balance_minor=PosCardBalance.balance_minor + delta,
-                        changed_at=func.greatest(PosCardBalance.changed_at, changed_at),
-                    )
-                )
+                await projection.add_to_balance(session, SYSTEM, code_hash, delta, changed_at)
                 continue
-            statement = insert(PosCardBalance).values(
+            await projection.upsert_card(
+                session,
                 system=SYSTEM,
                 code_hash=code_hash,
                 serial_ciphertext=self._box.seal(serial, _context(code_hash)),
                 code_last4=serial[-4:],
-                balance_minor=delta,
-                status="enabled",
+                delta=delta,
                 customer_id=customer_id,
                 changed_at=changed_at,
-            )
-            await session.execute(
-                statement.on_conflict_do_update(
-                    index_elements=[PosCardBalance.system, PosCardBalance.code_hash],
-                    set_={
-                        "balance_minor": PosCardBalance.balance_minor + delta,
-                        "changed_at": func.greatest(
-                            PosCardBalance.changed_at, statement.excluded.changed_at
-                        ),
-                        "customer_id": func.coalesce(
-                            PosCardBalance.customer_id, statement.excluded.customer_id
-                        ),
-                    },
-                )
             )
 
     async def _record(
@@ -397,9 +341,9 @@ class OnSitePos:
             )
         await self._apply_invoice(invoice)
 
-    async def _row(self, external_id: str) -> PosCardBalance | None:
+    async def _row(self, external_id: str) -> ProjectedCard | None:
         async with self._sessions() as session:
-            return await session.get(PosCardBalance, (SYSTEM, external_id))
+            return await projection.get(session, SYSTEM, external_id)
 
     async def _serial(self, external_id: str) -> str:
         row = await self._row(external_id)
@@ -407,10 +351,10 @@ class OnSitePos:
             raise OnSiteError("OnSite has no such gift card", code="unknown_card")
         return self._open(row)
 
-    def _open(self, row: PosCardBalance) -> str:
+    def _open(self, row: ProjectedCard) -> str:
         return self._box.open(row.serial_ciphertext, _context(row.code_hash))
 
-    def _card(self, row: PosCardBalance) -> PosCard:
+    def _card(self, row: ProjectedCard) -> PosCard:
         balance = row.balance_minor
         if balance < 0:
             # OnSite refuses to take a card below zero, so the projection missed a load.

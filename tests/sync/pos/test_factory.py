@@ -11,9 +11,9 @@ from app.clients.lightspeed import LightspeedClient
 from app.clients.onsite import OnSiteClient
 from app.db.engine import SessionFactory
 from app.settings import BalanceSign, PosKind
-from app.sync.pos_factory import build_pos
-from app.sync.pos_lightspeed import LightspeedPos
-from app.sync.pos_onsite import OnSitePos
+from app.sync.pos.factory import build_pos
+from app.sync.pos.lightspeed import LightspeedPos
+from app.sync.pos.onsite import OnSitePos
 from tests.conftest import make_settings
 from tests.memory_tokens import MemoryTokenStore
 

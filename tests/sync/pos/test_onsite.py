@@ -26,7 +26,7 @@ from app.db.models import PosCardBalance, PosSeenMove
 from app.sandbox.faults import Faults
 from app.sandbox.onsite import OnSiteReadings, OnSiteSimulator
 from app.sync.pos import PosChange, PosCustomer, PosGiftCards
-from app.sync.pos_onsite import OnSitePos
+from app.sync.pos.onsite import OnSitePos
 from tests.conftest import PIN_KEY_HEX
 
 HASH_KEY = "57f387c85fb633f1851f213a74ab906eebf2e168fc78961d7bcd89af05c70e04"

@@ -6,6 +6,7 @@ means straight on a simulator with no poll or webhook afterwards: only the recon
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,14 +25,15 @@ from app.clients.shopify import ShopifyUnavailable
 from app.db.engine import transaction
 from app.runtime import Runtime, install_features
 from app.settings import Settings
-from app.sync import runs
+from app.sync import run_reporter, runs
 from app.sync import shadow as shadow_flow
-from app.sync.omni import MOVE_JOB, SHOPIFY
+from app.sync.omni import MOVE_JOB, SHOPIFY, export_shopify_card
 from app.sync.reconcile import (
     DEACTIVATE_SHADOW_JOB,
     PERIODIC_NAME,
     Reconciler,
     execute_here,
+    omni_cards,
     schedule_run,
 )
 from app.sync.runs import RECONCILE_JOB
@@ -447,7 +449,7 @@ async def test_a_pos_card_giftsync_exported_but_no_longer_links_is_reported(
     gid, _ = recon.flow.shop_sim.create_gift_card(Decimal("25.00"))
     shopify_card = await recon.flow.shop.get_gift_card(gid)
     assert shopify_card is not None
-    outcome = await recon.flow.omni.export_shopify_card(shopify_card)
+    outcome = await export_shopify_card(recon.flow.omni, shopify_card)
     assert outcome.card_id is not None
     [pos_link] = await rows(
         recon.engine,
@@ -503,14 +505,14 @@ async def test_dry_run_plans_the_same_repairs_and_writes_nothing(recon: Recon) -
 
 
 async def test_a_crash_mid_run_leaves_whole_cards_and_the_retried_job_finishes(
-    retail: Recon,
+    retail: Recon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cards = await retail.cards(5)
     for card in cards:
         retail.flow.spend_in_store(card.external_id, card.serial, "10.00")
     retail.reconciler.batch_size = 2
     retail.reconciler.repair_concurrency = 1  # which card the crash hits is then known
-    real_sync = retail.flow.omni.sync_card
+    real_sync = omni_cards.sync_card
     calls = 0
 
     async def crashing_sync(*args: Any, **kwargs: Any) -> Any:
@@ -520,7 +522,7 @@ async def test_a_crash_mid_run_leaves_whole_cards_and_the_retried_job_finishes(
             raise RuntimeError("worker killed mid-run")
         return await real_sync(*args, **kwargs)
 
-    retail.flow.omni.sync_card = crashing_sync  # type: ignore[method-assign]
+    monkeypatch.setattr(omni_cards, "sync_card", crashing_sync)
     run_id = await runs.start_reconcile(retail.flow.runtime.sessions, dry_run=False)
     await retail.flow.drain()  # the worker runs the reconcile job (it fails) and 3 cards' moves
 
@@ -543,7 +545,7 @@ async def test_a_crash_mid_run_leaves_whole_cards_and_the_retried_job_finishes(
             == []
         )
 
-    retail.flow.omni.sync_card = real_sync  # type: ignore[method-assign]
+    monkeypatch.undo()
     async with retail.engine.begin() as connection:  # the backoff has passed
         await connection.execute(
             text("UPDATE jobs SET run_at = now() WHERE kind = :k"), {"k": RECONCILE_JOB}
@@ -827,7 +829,8 @@ async def test_the_schedule_starts_one_full_run_per_interval(retail: Recon) -> N
     sessions = retail.flow.runtime.sessions
     assert [p.name for p in retail.flow.runtime.periodic].count(PERIODIC_NAME) == 1
     handler = retail.flow.runtime.handlers[RECONCILE_JOB]
-    assert handler.func is Reconciler.run_job and handler.args == (retail.reconciler,)  # type: ignore[attr-defined]
+    assert isinstance(handler, functools.partial)
+    assert (handler.func, handler.args) == (Reconciler.run_job, (retail.reconciler,))
 
     first = await schedule_run(sessions, timedelta(hours=1))
     assert first is not None
@@ -897,7 +900,7 @@ async def test_finished_runs_are_not_run_again(retail: Recon) -> None:
     await retail.cards(1)
     run_id, counts = await retail.run()
     async with transaction(retail.flow.runtime.sessions) as session:
-        state = await runs.mark_running(session, run_id)
+        state = await run_reporter.mark_running(session, run_id)
     assert state is None
     assert await retail.reconciler.run(run_id) == counts
 

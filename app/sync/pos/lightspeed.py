@@ -20,7 +20,7 @@ from app.clients.lightspeed import (
 )
 from app.logging import get_logger
 from app.money import CENT, from_minor, to_minor
-from app.sync.pos import PosCard, PosChange, PosCustomer, PosSystem
+from app.sync.pos.protocol import PosCard, PosChange, PosCustomer, PosSystem
 
 log = get_logger(__name__)
 

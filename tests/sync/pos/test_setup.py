@@ -22,8 +22,8 @@ from app.sandbox.lightspeed import LightspeedSimulator
 from app.sandbox.lightspeed_merchant import GIFT_CARD_SCOPE
 from app.sandbox.onsite import OnSiteReadings, OnSiteSimulator
 from app.settings import PosKind
-from app.sync import pos_setup
-from app.sync.pos_setup import failed_errors, pos_setup_checks
+from app.sync.pos import setup as pos_setup
+from app.sync.pos.setup import failed_errors, pos_setup_checks
 from tests.conftest import make_settings
 from tests.pos_support import ls_client, onsite_client
 

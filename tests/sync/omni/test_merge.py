@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.sync.merge import (
+from app.sync.omni.merge import (
     MergePlan,
     Move,
     SystemState,

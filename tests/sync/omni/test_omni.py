@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.runtime import Runtime
 from app.settings import Settings
-from app.sync.omni import MOVE_JOB, SHOPIFY, serial_for_shopify_card
+from app.sync.omni import MOVE_JOB, SHOPIFY, export_shopify_card, serial_for_shopify_card, sync_card
+from app.sync.omni.moves import run_move
 from tests.conftest import make_settings
 from tests.omni_wiring import POS_VARIANT_IDS, POS_VARIANTS, Omni, omni_upstreams
 
@@ -187,11 +188,11 @@ async def test_export_is_idempotent_and_skips_giftsync_cards(
     card = await flow.shop.get_gift_card(bought["id"])
     assert card is not None
 
-    first = await flow.omni.export_shopify_card(card)
-    again = await flow.omni.export_shopify_card(card)
+    first = await export_shopify_card(flow.omni, card)
+    again = await export_shopify_card(flow.omni, card)
     ours = await flow.shop.get_gift_card(gid)
     assert ours is not None
-    skipped = await flow.omni.export_shopify_card(ours)
+    skipped = await export_shopify_card(flow.omni, ours)
 
     assert first.status == "moved"
     assert again.status == "already_linked" and again.card_id == first.card_id
@@ -255,7 +256,7 @@ async def test_both_sides_spending_between_polls_is_merged(flow: Omni, engine: A
 
     assert flow.shopify_card(gid)["balance"] == Decimal("25.00")
     assert flow.pos_money(external_id, SERIAL) == Decimal("25.00")
-    again = await flow.omni.sync_card(card_id)
+    again = await sync_card(flow.omni, card_id)
     assert again.status == "in_sync"
 
 
@@ -305,7 +306,7 @@ async def test_deactivated_in_shopify_is_deactivated_on_the_pos(
     external_id, card_id, gid = await sold_in_store_and_linked(flow, engine)
 
     await flow.shop.deactivate_gift_card(gid)
-    await flow.omni.sync_card(card_id)
+    await sync_card(flow.omni, card_id)
     await flow.drain()
 
     pos_card = await flow.pos.get_card(external_id)
@@ -321,17 +322,17 @@ async def test_merging_twice_and_running_a_move_twice_changes_nothing(
     flow.spend_in_store(external_id, SERIAL, "10.00")
 
     await refresh_pos(flow)
-    first = await flow.omni.sync_card(card_id)
-    second = await flow.omni.sync_card(card_id)  # the move has not landed yet
+    first = await sync_card(flow.omni, card_id)
+    second = await sync_card(flow.omni, card_id)  # the move has not landed yet
     jobs = await rows(engine, "SELECT payload FROM jobs WHERE kind = :k", k=MOVE_JOB)
-    await flow.omni.run_move(jobs[0].payload)
-    await flow.omni.run_move(jobs[0].payload)
+    await run_move(flow.omni, jobs[0].payload)
+    await run_move(flow.omni, jobs[0].payload)
     await flow.drain()
 
     assert first.status == "repaired" and second.status == "pending"
     assert len(jobs) == 1
     assert flow.shopify_card(gid)["balance"] == Decimal("40.00")
-    assert (await flow.omni.sync_card(card_id)).status == "in_sync"
+    assert (await sync_card(flow.omni, card_id)).status == "in_sync"
 
 
 async def test_concurrent_merges_plan_the_moves_once(flow: Omni, engine: AsyncEngine) -> None:
@@ -339,7 +340,7 @@ async def test_concurrent_merges_plan_the_moves_once(flow: Omni, engine: AsyncEn
     flow.spend_in_store(external_id, SERIAL, "10.00")
 
     await refresh_pos(flow)
-    outcomes = await asyncio.gather(*(flow.omni.sync_card(card_id) for _ in range(5)))
+    outcomes = await asyncio.gather(*(sync_card(flow.omni, card_id) for _ in range(5)))
     await flow.drain()
 
     assert sorted(o.status for o in outcomes).count("repaired") == 1
@@ -354,7 +355,7 @@ async def test_shopify_down_during_a_move_is_retried_until_it_lands(
     external_id, card_id, gid = await sold_in_store_and_linked(flow, engine)
     flow.spend_in_store(external_id, SERIAL, "10.00")
     await refresh_pos(flow)
-    await flow.omni.sync_card(card_id)
+    await sync_card(flow.omni, card_id)
 
     flow.shop_sim.faults.error_rate = 1.0
     await flow.drain(rounds=1)

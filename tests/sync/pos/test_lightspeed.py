@@ -32,8 +32,8 @@ from app.sandbox.lightspeed import LightspeedSimulator
 from app.sandbox.lightspeed_merchant import Readings
 from app.settings import BalanceSign, Settings
 from app.sync.pos import PosCustomer, PosGiftCards
-from app.sync.pos_lightspeed import LightspeedPos
-from app.sync.pos_setup import pos_setup_checks
+from app.sync.pos.lightspeed import LightspeedPos
+from app.sync.pos.setup import pos_setup_checks
 from tests.conftest import make_settings
 from tests.memory_tokens import MemoryTokenStore
 from tests.omni_wiring import omni_upstreams
