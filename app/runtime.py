@@ -15,7 +15,6 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import wiring
-from app.activity import RequestActivity
 from app.clients.factory import Clients, build_clients
 from app.clients.shopify import ShopifyClient
 from app.db.engine import SessionFactory, create_engine, resolve_database_url, session_factory
@@ -86,8 +85,8 @@ class Runtime:
         self.handlers = wiring.job_handlers(self)
         self.periodic = wiring.schedules(self, self.settings)
 
-    async def start_worker(self, *, gives_way_to: RequestActivity | None = None) -> Worker:
-        self.worker = Worker(self.sessions, self.handlers, self.periodic, gives_way_to=gives_way_to)
+    async def start_worker(self) -> Worker:
+        self.worker = Worker(self.sessions, self.handlers, self.periodic)
         await self.worker.beat()
         self._tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
         return self.worker

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from app.activity import RequestActivity
 from app.db import heartbeats, jobs
 from app.db.engine import SessionFactory, autocommit_connection, transaction
 from app.db.locks import try_lock_for_connection, unlock_for_connection
@@ -56,14 +55,6 @@ class WorkerConfig:
     idle_poll: float = 0.5
     lease: timedelta = timedelta(seconds=60)
     heartbeat_every: float = 5.0
-    concurrency_while_busy: int = 1
-    """Job loops that run whatever the requests do; the others wait for room (app/activity)."""
-    settled_for: float = 0.25
-    """Room: this long without a request in flight..."""
-    busy_cpu_share: float = 0.8
-    """...or the process using less than this share of its core."""
-    room_at_most: float = 5.0
-    """Longest a job loop waits for room before its next job anyway."""
 
 
 @dataclass
@@ -72,8 +63,6 @@ class Worker:
     handlers: dict[str, JobHandler]
     periodic: list[Periodic] = field(default_factory=list)
     config: WorkerConfig = field(default_factory=WorkerConfig)
-    gives_way_to: RequestActivity | None = None
-    """The HTTP requests of the process this worker runs in (app/activity.py)."""
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     )
@@ -90,7 +79,7 @@ class Worker:
                 for p in self.periodic
             ),
             *(
-                asyncio.create_task(self._job_loop(stop, n), name=f"jobs:{n}")
+                asyncio.create_task(self._job_loop(stop), name=f"jobs:{n}")
                 for n in range(self.config.concurrency)
             ),
         ]
@@ -139,16 +128,8 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat_failed", error=mask_text(str(exc)))
 
-    async def _job_loop(self, stop: asyncio.Event, index: int) -> None:
-        # The first loops always run; the rest wait for room beside the process's requests.
-        waits_for = self.gives_way_to if index >= self.config.concurrency_while_busy else None
+    async def _job_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            if waits_for is not None:
-                await waits_for.room(
-                    self.config.room_at_most,
-                    settled_for=self.config.settled_for,
-                    cpu_below=self.config.busy_cpu_share,
-                )
             try:
                 async with transaction(self.sessions) as session:
                     claimed = await jobs.claim(
