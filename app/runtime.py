@@ -21,7 +21,13 @@ from app.db.engine import SessionFactory, create_engine, resolve_database_url, s
 from app.db.migrate import upgrade_to_head
 from app.db.tokens import DbTokenStore, TokenSet
 from app.logging import get_logger
-from app.sandbox.runner import Sandbox, point_settings_at, seed_all, start_sandbox
+from app.sandbox.runner import (
+    Sandbox,
+    point_settings_at,
+    sandbox_defaults,
+    seed_all,
+    start_sandbox,
+)
 from app.settings import Settings
 from app.sync import shadow
 from app.sync.backfill import Backfill
@@ -34,6 +40,14 @@ from app.worker import JobHandler, Periodic, Worker
 
 log = get_logger(__name__)
 
+SANDBOX_STATE = "sandbox-simulators.pickle"
+SANDBOX_TOUR = (
+    "what to try (http://127.0.0.1:8000 unless --port):",
+    "  /console  sign in with admin_token from .data/sandbox-secrets.json: overview, findings,",
+    "            runs (start a backfill to move the demo cards both ways), cards, settings",
+    "  /demo/checkout  a Vii card at checkout (6280002345678901 / 2345)",
+    "  /readyz  every check, with the simulated POS set-up read back",
+)
 _SANDBOX_SECRETS = ("admin_token", "card_hash_key", "pin_encryption_key", "shopify_api_secret")
 
 
@@ -164,9 +178,14 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         await upgrade_to_head(engine, database_url)
     sandbox = None
     if settings.sandbox_enabled:
-        sandbox = await start_sandbox(settings)
+        settings = sandbox_defaults(settings)
+        # Beside the embedded database only: its links to simulator cards must survive a
+        # restart together with the cards (an external database is not ours to pair with).
+        state = None if settings.database_url else Path(settings.data_dir) / SANDBOX_STATE
+        sandbox = await start_sandbox(settings, state_path=state)
         # Demo data (simulator cards and PINs) for the person at the terminal, not the log.
-        print("\n".join(["sandbox demo data:", *seed_all(sandbox)]), file=sys.stderr)
+        demo = seed_all(sandbox) if not sandbox.restored else ["(simulators restored)"]
+        print("\n".join(["sandbox demo data:", *demo, *SANDBOX_TOUR]), file=sys.stderr)
         settings = point_settings_at(settings, sandbox)
     sessions = session_factory(engine)
     if sandbox is not None and settings.lightspeed_refresh_token is not None:
@@ -177,6 +196,10 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     runtime = assemble(
         settings, database_url, engine, sessions, build_clients(settings, sessions), sandbox
     )
+    if sandbox is not None and sandbox.state_path is not None:
+        runtime._tasks.append(
+            asyncio.create_task(sandbox.keep_saving(runtime._stop), name="sandbox-state")
+        )
     log.info(
         "runtime_ready",
         database="embedded" if settings.database_url is None else "external",
