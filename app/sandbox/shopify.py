@@ -316,11 +316,12 @@ class ShopifySimulator:
         """`access_token` is a legacy app's static token (None: only granted tokens work);
         `token_lifetime` and `token_clock` let tests expire granted tokens quickly."""
         self.faults = faults or Faults()
-        self.shop = ShopState(currency)
+        self.shop = ShopState(currency, shop_domain)
         self.bucket = CostBucket(bucket_size, restore_rate, clock)
         self.shop_domain = shop_domain
         self.throttled_count = 0
         self.request_count = 0
+        self.unauthorized_count = 0
         self.supported_versions = tuple(sorted(supported_versions))
         self.access = AppAccess(
             static_token=access_token,
@@ -370,6 +371,7 @@ class ShopifySimulator:
     async def _handle(self, request: Request, version: str) -> Response:
         self.request_count += 1
         if not self.access.allows(request.headers.get("x-shopify-access-token")):
+            self.unauthorized_count += 1
             return invalid_token_response(version)
         await self.faults.delay()
         if self.faults.draw_error():

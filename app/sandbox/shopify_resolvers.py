@@ -227,8 +227,11 @@ class ShopError(Exception):
 class ShopState:
     """All the shop's data, in memory. Ids are shared across kinds like Shopify's are unique."""
 
-    def __init__(self, currency: str = "AUD") -> None:
+    def __init__(
+        self, currency: str = "AUD", domain: str = "giftsync-sandbox.myshopify.com"
+    ) -> None:
         self.currency = currency
+        self.domain = domain
         self.customers: dict[int, CustomerState] = {}
         self.gift_cards: dict[int, GiftCardState] = {}
         self.orders: dict[int, OrderState] = {}
@@ -964,6 +967,15 @@ class QueryRoot:
     def __init__(self, shop: ShopState, observe_bulk: Callable[[BulkOperationState], None]) -> None:
         self._shop = shop
         self._observe_bulk = observe_bulk
+
+    def shop(self, _info: Info) -> dict[str, Any]:
+        return {
+            "typename": "Shop",
+            "id": gid("Shop", 1),
+            "name": "giftsync sandbox",
+            "myshopifyDomain": self._shop.domain,
+            "currencyCode": self._shop.currency,
+        }
 
     def giftCard(self, _info: Info, id: str) -> GiftCardView | None:
         number = parse_gid(id, "GiftCard")
