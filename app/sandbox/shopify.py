@@ -915,8 +915,14 @@ class ShopifySimulator:
         card_id, code = self.create_gift_card(Decimal("20.00"), code="demooff000000003")
         self.shop.deactivate(card_id)
         lines.append(f"Shopify gift card {code} deactivated ({card_id})")
+        if self._access_token is not None:
+            lines.append(
+                f"Shopify access token for the sandbox: X-Shopify-Access-Token={self._access_token}"
+            )
         lines.append(
-            f"Shopify access token for the sandbox: X-Shopify-Access-Token={self._access_token}"
+            "Shopify client credentials for the sandbox: "
+            f"SHOPIFY_CLIENT_ID={self.access.client_id} (secret: {self.access.client_secret}), "
+            f"API versions {', '.join(self.supported_versions)}"
         )
         return lines
 

@@ -90,7 +90,7 @@ class AppAccess:
     ) -> None:
         self.static_token = static_token
         self.client_id = client_id
-        self._client_secret = client_secret
+        self.client_secret = client_secret
         self.scopes = scopes
         self.lifetime = lifetime
         self._clock = clock
@@ -114,7 +114,7 @@ class AppAccess:
             return 400, {"error": "unsupported_grant_type"}
         secret = str(params.get("client_secret") or "")
         if params.get("client_id") != self.client_id or not constant_time_equal(
-            secret, self._client_secret
+            secret, self.client_secret
         ):
             self.refused_grants += 1
             return 400, {

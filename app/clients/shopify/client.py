@@ -26,12 +26,6 @@ from app.clients.shopify.errors import (
     ShopifyUnknownOutcome,
 )
 from app.clients.shopify.graphql import raise_user_errors
-from app.clients.shopify.tokens import (
-    AccessTokens,
-    ClientCredentialsTokens,
-    StaticToken,
-)
-from app.clients.shopify.webhooks import ShopifyWebhooks
 from app.clients.shopify.models import (
     CreatedGiftCard,
     GiftCardMove,
@@ -47,6 +41,12 @@ from app.clients.shopify.models import (
     parse_order,
     parse_transaction,
 )
+from app.clients.shopify.tokens import (
+    AccessTokens,
+    ClientCredentialsTokens,
+    StaticToken,
+)
+from app.clients.shopify.webhooks import ShopifyWebhooks
 from app.db.tokens import TokenStore
 from app.settings import Settings
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -176,10 +176,9 @@ class ShopifyGraphQL:
             return
         previous, self.answered_version = self.answered_version, answered
         if previous is not None:
-            try:
+            # Another client asking the same version may have removed it already.
+            with suppress(KeyError):
                 SHOPIFY_API_VERSION_MISMATCH.remove(self.api_version, previous)
-            except KeyError:
-                pass  # another client of the same version already removed it
         SHOPIFY_API_VERSION_MISMATCH.labels(self.api_version, answered).set(
             1 if self.version_mismatch else 0
         )
