@@ -125,7 +125,7 @@ async def omni_upstreams(
     shop = ShopifyClient(
         "http://shop.sim",
         "shpat_sandbox_token",
-        "2025-01",
+        "2026-07",
         timeout=2.0,
         transport=httpx.ASGITransport(app=shop_sim.app),
     )
