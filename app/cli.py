@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from app import cli_pos, cli_setup
+from app import cli_pos, cli_setup, cli_shopify  # noqa: F401 - cli_shopify adds to `shopify`
 from app.cli_common import console, settings_or_exit
 
 if TYPE_CHECKING:
