@@ -93,3 +93,30 @@ async def test_a_regrow_whose_cancel_answer_was_lost_never_credits_an_unheld_car
     await shop.run_jobs()
     assert shop.held() == Decimal("0.00")
     assert shop.captured() == Decimal("0.00")
+
+
+@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
+async def test_a_capture_undone_after_its_answer_was_lost_is_taken_again_in_full(
+    shop: LossyShop, capture_frees_rest: bool
+) -> None:
+    """Found as: apply 1.62, expire, two orders on the code (1.16 and 0.28), then the close
+    job's capture loses its answer. Its Undo gives the money back to the Vii card but not to
+    the hold, which (if a capture keeps the rest of a hold) is left at 0.18: the capture sent
+    again asked the hold for 1.44, Vii refused, and the close settled with nothing taken for
+    what Shopify spent."""
+    shop.vii.capture_frees_rest = capture_frees_rest
+    code = (await shop.apply("50.00")).json()["shopifyGiftCardCode"]
+    shop.order((code, "30.00"))
+    await shop.release(code)
+    shop.vii_transport.lose_writes = True
+    await shop.run_jobs_once()  # the close: Shopify card deactivated, the capture's answer lost
+    shop.vii_transport.lose_writes = False
+    assert (await shop.shadow(code)).settled_at is None
+
+    await shop.run_jobs()  # the Undo lands, then the close runs again
+
+    row = await shop.shadow(code)
+    assert row.settled_at is not None and row.captured_amount_minor == 3000
+    assert shop.captured() == Decimal("30.00") == shop.spent_on_shopify(code)
+    assert shop.held() == Decimal("0.00")
+    assert await shop.rows("SELECT type, subject FROM findings") == []
