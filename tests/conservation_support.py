@@ -27,7 +27,7 @@ from functools import cache
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.clients.factory import Clients
@@ -254,15 +254,20 @@ class World:
         )
 
     async def let_time_pass(self) -> None:
-        """Every wait giftsync scheduled is over: job backoffs and armed undos are due, and a
-        card an unfinished apply may have made is past Shopify's search lag.
+        """Every wait giftsync scheduled is over: job backoffs and armed undos are due (in the
+        order the jobs were queued), and a card an unfinished apply may have made is past
+        Shopify's search lag.
 
         A test does not wait these out, and what runs next must not depend on how long the
         steps before it took.
         """
         async with self.engine.begin() as connection:
+            # All at one moment, so the worker takes them in the order they were queued: which
+            # backoff had run out by the wall clock must not change what runs first.
             await connection.execute(
-                text("UPDATE jobs SET run_at = now() WHERE state = 'queued' AND run_at > now()")
+                text(
+                    "UPDATE jobs SET run_at = 'epoch' WHERE state = 'queued' AND run_at <> 'epoch'"
+                )
             )
             await connection.execute(
                 text(
@@ -395,6 +400,16 @@ class World:
             await client.aclose()
 
 
+def no_flush_wait(engine: AsyncEngine) -> None:
+    """Every connection of `engine` commits without waiting for the WAL flush."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connected(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET synchronous_commit = off")
+        cursor.close()
+
+
 async def empty_tables(engine: AsyncEngine) -> None:
     """Every table emptied (migrations kept). Row deletes: on small tables far quicker than
     TRUNCATE, which rewrites every table's files."""
@@ -409,9 +424,12 @@ async def empty_tables(engine: AsyncEngine) -> None:
             )
         ]
         # Foreign keys are not checked while the rows go: the order of the deletes is free.
-        await connection.execute(text("SET LOCAL session_replication_role = replica"))
-        for name in names:
-            await connection.execute(text(f'DELETE FROM "{name}"'))
+        # One round trip for all of them.
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.execute(  # asyncpg's simple protocol: many statements
+            "SET LOCAL session_replication_role = replica; "
+            + " ".join(f'DELETE FROM "{name}";' for name in names)
+        )
 
 
 async def build_world(engine: AsyncEngine, database_url: str) -> World:
