@@ -29,7 +29,9 @@ The machine keeps its own model of where the money should be (DESIGN 1.B, issue 
   upstream move is one ledger entry; and, where no fault was injected since the last settle,
   the first reconcile repaired nothing (the live paths did all the work).
 
-`CONSERVATION_EXAMPLES` (default 100) and `CONSERVATION_STEPS` (default 20) size the run.
+`CONSERVATION_EXAMPLES` (default 100) and `CONSERVATION_STEPS` (default 20) size the run; the
+histories are the same on every run unless `CONSERVATION_RANDOM=1` (then `--hypothesis-seed=N`
+picks them); `CONSERVATION_NO_SHRINK=1` reports a failure as found, without reducing it.
 """
 
 from __future__ import annotations
@@ -1668,7 +1670,7 @@ TestMoneyConservation.settings = settings(
     max_examples=EXAMPLES,
     stateful_step_count=STEPS,
     deadline=None,
-    derandomize=True,
+    derandomize=not os.environ.get("CONSERVATION_RANDOM"),
     suppress_health_check=list(HealthCheck),
     phases=[
         p for p in Phase if p is not Phase.shrink or not os.environ.get("CONSERVATION_NO_SHRINK")
