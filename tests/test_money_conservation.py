@@ -1140,7 +1140,9 @@ class ConservationMachine(RuleBasedStateMachine):
         order.cancelled = True
         for payment in order.payments:
             if payment.kind == "shadow" and payment.status == "SUCCESS":
-                self.shadows[payment.index].closes.add("released")
+                shadow = self.shadows[payment.index]
+                shadow.closes.add("released")
+                event(f"order cancelled, its card {shadow.state}")
         self.pending.append(Webhook("orders/cancelled", order.paid_payload))
 
     # --- webhooks and the worker --------------------------------------------------------------
