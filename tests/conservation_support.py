@@ -1,29 +1,40 @@
 """One whole giftsync for the money-conservation machine: every feature on one runtime.
 
-Shadow cards, capture, omni sync, pollers and reconcile share one Shopify simulator (one shop),
-as in production; the Vii and Lightspeed R-Series simulators sit beside it. Rate limits are
-opened up and timeouts kept short, so a lost answer costs a fraction of a second and a
-hundred-step run stays quick. Everything here is async and runs on the machine's own loop.
+Shadow cards, omni sync, pollers and reconcile share one Shopify simulator (one shop), as in
+production; the Vii and Lightspeed R-Series simulators sit beside it. The database engine and
+the event loop live as long as the test: each example only empties the tables and builds fresh
+simulators, clients and app (about a tenth of a second), so a run can afford many examples.
+
+Faults a test pulls, none of which waits on a clock:
+- `LossyTransport.lose_writes`: a write reaches the simulator and is applied, then its answer is
+  lost (the client sees `httpx.ReadTimeout` at once, as after its deadline);
+- `faults.error_rate` on a simulator: answered 503 before anything is applied;
+- `FaultyVii.explode_after` / `FaultyShopify.explode_after`: the named call succeeds upstream,
+  then giftsync sees an unexpected exception (a bug or a crash at that point);
+- `World.crash_one_job`: a worker dies mid-job and its lease runs out.
+Time passes only when the test says so (`World.let_time_pass`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import json
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.clients.factory import Clients
 from app.clients.lightspeed import LightspeedClient, SaleSetup
-from app.clients.shopify import ShopifyClient
-from app.clients.vii import ViiClient
-from app.db.engine import create_engine, session_factory, transaction
+from app.clients.shopify import CreatedGiftCard, ShopifyClient
+from app.clients.vii import ViiClient, ViiPreAuth
+from app.db.engine import session_factory, transaction
 from app.main import create_app
 from app.runtime import Runtime, install_features
 from app.sandbox.faults import Faults
@@ -33,21 +44,20 @@ from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimu
 from app.settings import BalanceSign, Settings
 from app.sync import runs, shadow
 from app.sync.inbox import store_delivery
-from app.sync.omni import OmniSync
-from app.sync.omni_polling import OmniPollers
-from app.sync.pos_factory import build_pos
-from app.sync.reconcile import Reconciler, execute_here, install_reconcile
+from app.sync.omni import OmniPollers, OmniSync
+from app.sync.pos.factory import build_pos
+from app.sync.reconcile import Reconciler, execute_here
 from app.sync.shadow import ShadowDeps
 from app.sync.shadow.gate import CardGate
 from app.worker import Worker
 from tests.conftest import make_settings
 from tests.memory_tokens import MemoryTokenStore
 
-UPSTREAM_TIMEOUT_S = 0.75
-"""Client deadline: far above an in-process answer, and what a lost answer costs."""
-LOST_ANSWER_HANG_S = 5.0
+UPSTREAM_TIMEOUT_S = 2.0
+"""Never reached by a lost answer (the transport reports it at once); only a stuck simulator
+would, and under a loaded machine a short deadline would invent lost answers of its own."""
 CRASHED_WORKER = "crashed-worker"
-
+VII_WRITES = frozenset({"PreAuthRequest", "Redemption", "PreAuthCancellation", "Undo"})
 
 FINGERPRINT = {
     "ledger": "SELECT id, idempotency_key FROM ledger ORDER BY id",
@@ -60,12 +70,73 @@ FINGERPRINT = {
 }
 
 
+class InjectedFault(RuntimeError):
+    """An exception no giftsync code expects, raised where a test asks for one."""
+
+
+class LossyTransport(httpx.AsyncBaseTransport):
+    """An in-process transport that can lose the answers of writes after they were applied."""
+
+    def __init__(self, app: Any, is_write: Callable[[httpx.Request], bool]) -> None:
+        self._inner = httpx.ASGITransport(app=app)
+        self._is_write = is_write
+        self.lose_writes = False
+        self.lost = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        if self.lose_writes and self._is_write(request):
+            await response.aread()
+            self.lost += 1
+            raise httpx.ReadTimeout("the answer was lost (test fault)", request=request)
+        return response
+
+
+def vii_write(request: httpx.Request) -> bool:
+    body = request.content.decode(errors="replace")
+    return any(f"<RequestType>{kind}</RequestType>" in body for kind in VII_WRITES)
+
+
+def shopify_write(request: httpx.Request) -> bool:
+    try:
+        query = json.loads(request.content)["query"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(query, str) and query.lstrip().startswith("mutation")
+
+
+def lightspeed_write(request: httpx.Request) -> bool:
+    # Never the token refresh: a lost refresh burns the token, which is another test's subject.
+    return request.method != "GET" and "/API/" in request.url.path
+
+
+class FaultyVii(ViiClient):
+    explode_after: str | None = None
+
+    async def pre_auth(self, *args: Any, **kwargs: Any) -> ViiPreAuth:
+        hold = await super().pre_auth(*args, **kwargs)
+        if self.explode_after == "pre_auth":
+            raise InjectedFault("after the hold was placed")
+        return hold
+
+
+class FaultyShopify(ShopifyClient):
+    explode_after: str | None = None
+
+    async def create_gift_card(self, *args: Any, **kwargs: Any) -> CreatedGiftCard:
+        created = await super().create_gift_card(*args, **kwargs)
+        if self.explode_after == "create_gift_card":
+            raise InjectedFault("after the Shopify card was created")
+        return created
+
+
 class QuickLightspeedClient(LightspeedClient):
     # The simulator's 1 request/s code lookup limit is switched off below; the client's own
     # pacing of it would otherwise add a second to every export.
     CODE_LOOKUP_INTERVAL_S = 0.0
 
 
+@cache
 def conservation_settings() -> Settings:
     return make_settings(
         create_update_shopify_gift_cards=True,
@@ -86,26 +157,41 @@ class World:
     shop_sim: ShopifySimulator
     vii_sim: ViiSimulator
     ls_sim: LightspeedSimulator
+    transports: dict[str, LossyTransport]
+    vii: FaultyVii
+    shopify: FaultyShopify
     clients: list[Any]
     http: httpx.AsyncClient
     omni: OmniSync
     pollers: OmniPollers
     reconciler: Reconciler
     worker: Worker
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def shadow(self) -> ShadowDeps:
+        assert self.runtime.shadow is not None
+        return self.runtime.shadow
 
     # --- checkout ---------------------------------------------------------------------------
 
     async def apply(
-        self, card: str, pin: str | None, cart_minor: int, token: str
+        self,
+        card: str,
+        pin: str | None,
+        cart_minor: int,
+        token: str | None,
+        apply_token: str | None = None,
     ) -> httpx.Response:
         body: dict[str, Any] = {
             "viiCardNumber": card,
             "cartTotal": f"{Decimal(cart_minor) / 100:.2f}",
-            "checkoutToken": token,
         }
+        if token is not None:
+            body["checkoutToken"] = token
         if pin is not None:
             body["viiCardPin"] = pin
+        if apply_token is not None:
+            body["applyToken"] = apply_token
         return await self.http.post("/check-balance", json=body)
 
     async def release(self, token: str, code: str) -> httpx.Response:
@@ -122,8 +208,29 @@ class World:
                 ),
                 {"id": shadow_id},
             )
-        assert self.runtime.shadow is not None
-        return await shadow.expire_due(self.runtime.shadow)
+        return await shadow.expire_due(self.shadow)
+
+    # --- faults -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def answers_lost(self, upstream: str) -> Any:
+        """While inside, every write to `upstream` is applied and its answer lost."""
+        transport = self.transports[upstream]
+        transport.lose_writes = True
+        try:
+            yield transport
+        finally:
+            transport.lose_writes = False
+
+    @contextlib.contextmanager
+    def failing(self, upstream: str) -> Any:
+        """While inside, `upstream` answers 503 to everything, applying nothing."""
+        sim = {"vii": self.vii_sim, "shopify": self.shop_sim, "lightspeed": self.ls_sim}[upstream]
+        sim.faults.error_rate = 1.0
+        try:
+            yield
+        finally:
+            sim.faults.error_rate = 0.0
 
     # --- webhooks and the worker ------------------------------------------------------------
 
@@ -145,23 +252,39 @@ class World:
             payload=payload,
         )
 
-    async def make_due(self) -> None:
-        """Backoffs and armed undos are wall-clock waits: a test does not wait them out, and
-        what runs next must not depend on how long the steps before it took."""
+    async def let_time_pass(self) -> None:
+        """Every wait giftsync scheduled is over: job backoffs and armed undos are due (in the
+        order the jobs were queued), and a card an unfinished apply may have made is past
+        Shopify's search lag.
+
+        A test does not wait these out, and what runs next must not depend on how long the
+        steps before it took.
+        """
         async with self.engine.begin() as connection:
+            # All at one moment, so the worker takes them in the order they were queued: which
+            # backoff had run out by the wall clock must not change what runs first.
             await connection.execute(
-                text("UPDATE jobs SET run_at = now() WHERE state = 'queued' AND run_at > now()")
+                text(
+                    "UPDATE jobs SET run_at = 'epoch' WHERE state = 'queued' AND run_at <> 'epoch'"
+                )
+            )
+            await connection.execute(
+                text(
+                    "UPDATE shadow_cards SET created_at = created_at - interval '1 hour' "
+                    "WHERE settled_at IS NULL AND state IN ('pending', 'abandoned') "
+                    "AND created_at > now() - interval '1 hour'"
+                )
             )
 
     async def run_due(self, *, limit: int = 100) -> int:
-        """One worker pass over every queued job (backoffs skipped: see `make_due`)."""
-        await self.make_due()
+        """One worker pass over every queued job (waits skipped: see `let_time_pass`)."""
+        await self.let_time_pass()
         return await self.worker.run_once(limit=limit)
 
     async def drain(self, *, rounds: int = 60) -> None:
         """Run every job, retries included, until the queue is empty (bounded)."""
         for _ in range(rounds):
-            await self.make_due()
+            await self.let_time_pass()
             if not await self.worker.run_once():
                 return
         raise AssertionError(f"jobs still coming after {rounds} rounds: {await self.queue()}")
@@ -172,7 +295,7 @@ class World:
         `pick` chooses among the jobs not done (oldest first, wrapping around). The job's lease
         is then made to run out, so the next worker claims and runs it again.
         """
-        await self.make_due()
+        await self.let_time_pass()
         async with transaction(self.runtime.sessions) as session:
             ids = [
                 row[0]
@@ -214,14 +337,13 @@ class World:
 
     async def queue(self) -> list[tuple[str, str, int, str | None]]:
         """Jobs not done: (kind, state, attempts, last error)."""
-        async with self.engine.connect() as connection:
-            rows = await connection.execute(
-                text(
-                    "SELECT kind, state, attempts, last_error FROM jobs "
-                    "WHERE state <> 'done' ORDER BY id"
-                )
+        return [
+            (r.kind, r.state, r.attempts, r.last_error)
+            for r in await self.rows(
+                "SELECT kind, state, attempts, last_error FROM jobs "
+                "WHERE state <> 'done' ORDER BY id"
             )
-            return [(r.kind, r.state, r.attempts, r.last_error) for r in rows]
+        ]
 
     # --- pollers, reconcile, settling -------------------------------------------------------
 
@@ -250,34 +372,46 @@ class World:
         )
         return found
 
-    async def settle(self, *, rounds: int = 5) -> dict[str, int]:
+    async def settle(self, *, rounds: int = 5) -> list[dict[str, int]]:
         """Jobs, pollers and reconcile until a reconcile repairs nothing and nothing is queued.
 
-        Returns the counts of that last, quiet reconcile.
+        Returns the counts of every reconcile it ran, the quiet one last.
         """
-        counts: dict[str, int] = {}
+        seen: list[dict[str, int]] = []
         for _ in range(rounds):
             await self.drain()
             await self.poll()
             await self.drain()
-            counts = await self.reconcile()
+            seen.append(await self.reconcile())
             await self.drain()
-            if counts.get("repaired", 0) == 0 and not await self.queue():
-                return counts
-        raise AssertionError(f"no quiet reconcile after {rounds} rounds: {counts}")
+            if seen[-1].get("repaired", 0) == 0 and not await self.queue():
+                return seen
+        raise AssertionError(f"no quiet reconcile after {rounds} rounds: {seen}")
 
     async def rows(self, sql: str, **params: Any) -> list[Any]:
         async with self.engine.connect() as connection:
             return list((await connection.execute(text(sql), params)).all())
 
     async def close(self) -> None:
+        """The clients and app of this example; the engine outlives it."""
         await self.http.aclose()
         for client in self.clients:
             await client.aclose()
-        await self.engine.dispose()
 
 
-async def truncate_everything(engine: AsyncEngine) -> None:
+def no_flush_wait(engine: AsyncEngine) -> None:
+    """Every connection of `engine` commits without waiting for the WAL flush."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connected(dbapi_connection: Any, record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET synchronous_commit = off")
+        cursor.close()
+
+
+async def empty_tables(engine: AsyncEngine) -> None:
+    """Every table emptied (migrations kept). Row deletes: on small tables far quicker than
+    TRUNCATE, which rewrites every table's files."""
     async with engine.begin() as connection:
         names = [
             row[0]
@@ -288,46 +422,53 @@ async def truncate_everything(engine: AsyncEngine) -> None:
                 )
             )
         ]
-        await connection.execute(text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
+        # Foreign keys are not checked while the rows go: the order of the deletes is free.
+        # One round trip for all of them.
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.execute(  # asyncpg's simple protocol: many statements
+            "SET LOCAL session_replication_role = replica; "
+            + " ".join(f'DELETE FROM "{name}";' for name in names)
+        )
 
 
-async def build_world(database_url: str) -> World:
-    """A fresh database state, fresh simulators, and the service wired to them."""
-    engine = create_engine(database_url)
-    await truncate_everything(engine)
+async def build_world(engine: AsyncEngine, database_url: str) -> World:
+    """Empty tables, fresh simulators, and the service wired to them, on a kept engine."""
+    await empty_tables(engine)
     sessions = session_factory(engine)
     settings = conservation_settings()
     runtime = Runtime(
         settings=settings, database_url=database_url, engine=engine, sessions=sessions
     )
-
-    def faults() -> Faults:
-        return Faults(lost_answer_hang_s=LOST_ANSWER_HANG_S)
-
-    shop_sim = ShopifySimulator(faults(), bucket_size=1_000_000, restore_rate=1_000_000)
-    vii_sim = ViiSimulator(faults())
+    shop_sim = ShopifySimulator(Faults(), bucket_size=1_000_000, restore_rate=1_000_000)
+    vii_sim = ViiSimulator(Faults())
     ls_sim = LightspeedSimulator(
         bucket_size=1_000_000,
         drip_rate=1_000_000,
         balance_sign=BalanceSign.NEGATIVE,
-        faults=faults(),
+        faults=Faults(),
         code_lookup_interval_s=0.0,
     )
-    shop = ShopifyClient(
+    transports = {
+        "shopify": LossyTransport(shop_sim.app, shopify_write),
+        "vii": LossyTransport(vii_sim.app, vii_write),
+        "lightspeed": LossyTransport(ls_sim.app, lightspeed_write),
+    }
+    shop = FaultyShopify(
         "http://shop.sim",
         "shpat_sandbox_token",
         "2026-07",
         timeout=UPSTREAM_TIMEOUT_S,
-        transport=httpx.ASGITransport(app=shop_sim.app),
+        transport=transports["shopify"],
+        retry_backoff=0.0,
     )
-    vii = ViiClient(
+    vii = FaultyVii(
         "http://vii.sim/",
         DEMO_USERNAME,
         DEMO_PASSWORD,
         DEMO_STORE_ID,
         timeout=UPSTREAM_TIMEOUT_S,
         backoff=0.0,
-        transport=httpx.ASGITransport(app=vii_sim.app),
+        transport=transports["vii"],
     )
     ls = QuickLightspeedClient(
         ls_sim.account_id,
@@ -340,16 +481,16 @@ async def build_world(database_url: str) -> World:
         balance_sign=BalanceSign.NEGATIVE,
         sale_setup=SaleSetup(**ls_sim.correct_set_up()),
         timeout=UPSTREAM_TIMEOUT_S,
-        transport=httpx.ASGITransport(app=ls_sim.app),
+        transport=transports["lightspeed"],
     )
     pos = build_pos(settings, Clients(shopify=shop, pos=ls), sessions)
     assert pos is not None
     omni = OmniSync(sessions, settings, shop, pos)
-    runtime.shadow = ShadowDeps.build(sessions, CardGate(runtime.engine), settings, vii, shop)
+    runtime.shadow = ShadowDeps.build(sessions, CardGate(engine), settings, vii, shop)
     runtime.omni = omni
-    # Registers shadow cards, capture, omni (jobs, pollers, topics) on the one runtime.
+    # Registers shadow cards, omni (jobs, pollers, topics) and reconcile on the one runtime.
     install_features(runtime)
-    reconciler = install_reconcile(runtime)
+    reconciler = runtime.reconciler
     assert reconciler is not None
     reconciler.bulk_poll_interval = 0.0
     pollers = OmniPollers(sessions, omni, shop)
@@ -357,7 +498,10 @@ async def build_world(database_url: str) -> World:
     await pollers.poll_shopify()
     app = create_app(runtime, run_worker=False)
     http = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=("10.0.0.1", 5000)),
+        # A 500 is an answer the shopper gets, not an exception in the test.
+        transport=httpx.ASGITransport(
+            app=app, client=("10.0.0.1", 5000), raise_app_exceptions=False
+        ),
         base_url="http://giftsync.test",
     )
     return World(
@@ -366,6 +510,9 @@ async def build_world(database_url: str) -> World:
         shop_sim=shop_sim,
         vii_sim=vii_sim,
         ls_sim=ls_sim,
+        transports=transports,
+        vii=vii,
+        shopify=shop,
         clients=[shop, vii, ls],
         http=http,
         omni=omni,

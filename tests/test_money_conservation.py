@@ -1,71 +1,117 @@
-"""Money conservation, property-based (issue 7): random histories never create or lose a cent.
+"""Money conservation, property-based (issues 7, 12): no history creates or loses a cent.
 
 A hypothesis state machine drives one whole giftsync (real PostgreSQL; the Shopify, Vii and
 Lightspeed R-Series simulators sharing one shop) through random sequences of what shoppers,
-shop staff, Shopify and the worker do: Vii cards applied, re-sized, released, expired, paid
-with, refunded and cancelled; Vii spent elsewhere; omni cards sold in store and online, spent
-and reloaded on either side, overdrawn on both at once; webhooks duplicated and reordered;
-jobs run, crashed mid-way and re-run after their lease, upstream answers lost after the write
-applied; pollers and reconciles at any moment.
+shop staff, Shopify and the worker do:
+- Vii shadow cards: applied with the PIN at a checkout, or with no checkout token (a new card
+  each time); re-sized with the apply token or the PIN (shrink, spend, grow); released, expired;
+  spent by several orders on one code, before or after a release (the card stays spendable
+  until the close deactivates it); gift card sales that fail or stay pending and settle later;
+  refunds before and after the close; cancellations; Vii spent elsewhere meanwhile;
+- omni cards sold in store and online, spent and reloaded on either side, overdrawn on both;
+- webhooks duplicated and reordered; jobs run one by one, crashed mid-way and re-run after their
+  lease; upstream answers lost after the write applied, upstreams failing, and exceptions no
+  code expects between the hold and the record of an apply; pollers and reconciles at any time.
 
-The machine keeps its own model of where the money should be. After "settling" (every webhook
-delivered, every job run, pollers and a reconcile until one repairs nothing) the simulators
-must agree with it to the cent:
-- each Vii card: balance = initial - captured - spent elsewhere; open holds exactly those of
-  the shadow cards still applied, each at least what its Shopify card can spend;
-- each shadow card: captured exactly what Shopify charged; its Shopify card live only while
-  applied, at exactly the applied amount; refunds after capture are findings for staff;
-- each omni card: Shopify balance = POS balance = initial - spends + reloads on either side
-  (0, with an overdraft finding, when both sides spent more than there was);
-- every upstream move giftsync made is one ledger entry with the same key and amount, and
-  every ledger move reached its upstream exactly once (or was refused and recorded so);
-- no open finding the model does not expect, and no job left queued, running or dead.
-At every step, settled or not: money spendable on a shadow card's Shopify card is held on Vii.
+The machine keeps its own model of where the money should be (DESIGN 1.B, issue 12), and checks:
+- every answer exactly: a first apply shows `min(Vii available, cart)`; a re-size shows what
+  the hold can back (`room = hold - (spent - captured)`); growing past the hold, when Vii had
+  more, needs the PIN and places a new hold after taking what was spent;
+- after every step: each live card's Shopify balance, loaded amount, Vii hold and capture are
+  what the model says; a card that closes is settled exactly: Vii took what its Shopify card
+  spent through orders (successful sales less refunds credited before the close) or, if more
+  was taken at a re-hold, exactly that surplus is a finding; and, whatever happened, the open
+  hold plus what was captured covers what the card spent plus what it can still spend;
+- after settling (webhooks delivered, jobs run, pollers and reconciles until one repairs
+  nothing): each Vii card's balance is initial - captured - spent elsewhere, its open holds
+  exactly those of the live cards; failed applies left no hold and no spendable card; refunds
+  reported after the close are findings for their uncovered amount; omni balances agree; every
+  upstream move is one ledger entry; and, where no fault was injected since the last settle,
+  the first reconcile repaired nothing (the live paths did all the work).
 
-Each example runs on its own event loop (the rules are synchronous), with its own engine.
+`CONSERVATION_EXAMPLES` (default 100) and `CONSERVATION_STEPS` (default 20) size the run; the
+histories are the same on every run unless `CONSERVATION_RANDOM=1` (then `--hypothesis-seed=N`
+picks them); `CONSERVATION_NO_SHRINK=1` reports a failure as found, without reducing it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import wraps
 from typing import Any, ClassVar, TypeVar
 
+import httpx
 import pytest
-from hypothesis import HealthCheck, event, settings
+import structlog
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
 )
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.clients.shopify import idempotency_key_from_note
+from app.db.engine import create_engine
 from app.money import from_minor, to_minor
-from tests.conservation_support import World, build_world
+from app.sync.shadow import checkout
+from tests.conservation_support import InjectedFault, World, build_world, no_flush_wait
 
 T = TypeVar("T")
 
+EXAMPLES = int(os.environ.get("CONSERVATION_EXAMPLES", "100"))
+STEPS = int(os.environ.get("CONSERVATION_STEPS", "20"))
+LOG_LEVEL = logging.getLevelName(os.environ.get("CONSERVATION_LOG_LEVEL", "WARNING").upper())
 VII_CARDS = (
     ("6280001111110001", "1111", 8_000),
     ("6280002222220002", "2222", 15_000),
     ("6280003333330003", "3333", 4_000),
 )
-MAX_LOST_ANSWER_STEPS = 2
-"""Each lost answer costs a client timeout; a couple per history is plenty."""
-STEPS_BETWEEN_SETTLES = 5
+STEPS_BETWEEN_SETTLES = 6
 """Settling is the slow step (a full reconcile); most steps should act, not wait."""
 PERCENT = st.integers(min_value=1, max_value=100)
 VII_INDEX = st.integers(min_value=0, max_value=len(VII_CARDS) - 1)
 CART = st.integers(min_value=100, max_value=20_000)
 REPEATS = ("once", "same_id", "same_event", "again")
+THEN = ("nothing", "webhooks now", "release", "expire")
+SALE_STATUS = st.sampled_from(["SUCCESS", "SUCCESS", "SUCCESS", "FAILURE", "PENDING"])
+APPLY_FAULTS = (
+    "vii_hold_answer_lost",
+    "shopify_create_answer_lost",
+    "shopify_failing",
+    "exception_after_hold",
+    "exception_after_create",
+    "exception_recording",
+)
+GIFTSYNC_NOTE = "[giftsync:"
+OBSERVE = """
+    SELECT sc.id, sc.state, sc.settled_at, sc.captured_amount_minor, sc.loaded_minor,
+           sc.hold_code, sc.hold_tran_id, sc.hold_amount_minor, sc.vii_balance_minor,
+           sc.applied_unconfirmed,
+           sc.unconfirmed_move_key, sc.unconfirmed_move_minor, sc.final_balance_minor,
+           sc.refunds_on_card_minor,
+           sc.pin_ciphertext IS NULL AS no_pin, sc.card_number_ciphertext IS NULL AS no_number,
+           coalesce(undo.pending, false) AS undoing, undo.pending IS NOT NULL AS undone
+    FROM shadow_cards sc
+    LEFT JOIN (
+        SELECT payload->>'shadow_id' AS shadow_id, bool_or(state <> 'done') AS pending
+        FROM jobs WHERE kind = 'vii.undo' GROUP BY 1
+    ) undo ON undo.shadow_id = sc.id::text
+"""
+"""Each shadow card's row, and whether a capture of it lost its answer: its Undo still to land
+(`undoing`), or at any time (`undone`)."""
+JOBS_PENDING = "SELECT EXISTS (SELECT 1 FROM jobs WHERE state IN ('queued', 'running'))"
 
 
 # --- the model ----------------------------------------------------------------------------------
@@ -77,30 +123,60 @@ class ViiCard:
     pin: str
     initial_minor: int
     spent_elsewhere_minor: int = 0
-    captured_minor: int = 0
 
 
 @dataclass
 class Shadow:
-    token: str
+    """One shadow card as the model sees it; amounts in minor units."""
+
+    token: str | None
+    """The checkout token it was applied with; None: applied without one."""
     vii: int
     code: str
     gid: str
     shadow_id: str
     card_id: str
-    applied_minor: int
+    apply_token: str | None
+    """The last one an answer gave; None when a PIN replaced it in an answer never received."""
+    loaded: int
+    """What giftsync put on the Shopify card (create, credits, debits)."""
+    hold: int
+    """The hold giftsync counts on for it (what a re-size may back the card with)."""
+    held: int
+    """What Vii really holds for it: the same, but during a re-hold a fault interrupted (the
+    old hold may still be open, though giftsync no longer counts on it)."""
+    vii_balance: int
+    """What Vii had available when that hold was placed (a re-size may grow up to it)."""
+    captured: int = 0
+    """Taken from Vii so far: at re-holds while open, then by the close."""
+    spent: int = 0
+    """Successful gift card sales on it, less refunds credited to it (while it was enabled)."""
+    refunds_credited: int = 0
+    """Refunds Shopify put back on the card while it was enabled: the close nets them."""
+    refunds_reported_only: int = 0
+    """Refunds Shopify reported after the card was deactivated: staff must give them back."""
+    closes: set[str] = field(default_factory=set)
+    """The states it may close to; empty while nothing has asked it to close."""
     state: str = "applied"
-    """applied | released | expired | paid | cancelled (model words; see DB_STATE)."""
-    charged_minor: int = 0
+    hold_code: str | None = None
+    new_hold_expected: bool = False
+    settled: bool = False
+    exact: bool = True
+    """False from a fault on it until the model has re-read what the fault left."""
+
+    @property
+    def balance(self) -> int:
+        return self.loaded - self.spent
 
 
-DB_STATE = {
-    "applied": "applied",
-    "released": "released",
-    "expired": "expired",
-    "paid": "captured",
-    "cancelled": "released",
-}
+@dataclass
+class Ghost:
+    """An apply that failed after its intent was written: the worker must reverse it."""
+
+    shadow_id: str
+    vii: int
+    fault: str
+    settled: bool = False
 
 
 @dataclass
@@ -113,17 +189,27 @@ class OmniCard:
 
 
 @dataclass
+class Refund:
+    txn_id: str
+    amount_minor: int
+    credited: bool
+
+
+@dataclass
 class Payment:
     kind: str  # "shadow" | "omni"
     index: int
     amount_minor: int
+    status: str  # SUCCESS | FAILURE | PENDING, as Shopify says now
+    txn_gid: str
     sale: dict[str, Any]
-    refunds: list[tuple[str, int]] = field(default_factory=list)
-    """(refund transaction id, amount)."""
+    refunds: list[Refund] = field(default_factory=list)
 
     @property
     def refundable_minor(self) -> int:
-        return self.amount_minor - sum(amount for _, amount in self.refunds)
+        if self.status != "SUCCESS":
+            return 0
+        return self.amount_minor - sum(r.amount_minor for r in self.refunds)
 
 
 @dataclass
@@ -132,8 +218,6 @@ class Order:
     legacy_id: int
     paid_payload: dict[str, Any]
     payments: list[Payment]
-    charge_delivered: bool = False
-    may_have_captured: bool = False
     cancelled: bool = False
 
 
@@ -141,7 +225,6 @@ class Order:
 class Webhook:
     topic: str
     payload: dict[str, Any]
-    order: int | None
 
 
 def minor(text: str | Decimal) -> int:
@@ -152,15 +235,46 @@ def money(amount_minor: int) -> Decimal:
     return from_minor(amount_minor)
 
 
+def resize_rule(*, cart: int, shadow: Shadow) -> tuple[int, bool]:
+    """DESIGN 1.B, written out again: (new Shopify balance, a new hold is needed).
+
+    The hold backs what was spent and not yet taken first; the card gets the rest, up to the
+    cart. Past that, and only when Vii had more than the hold when it was placed, the hold grows.
+    """
+    room = shadow.hold - (shadow.spent - shadow.captured)
+    if cart > room and shadow.vii_balance > shadow.hold:
+        return shadow.balance, True
+    return max(min(cart, room), 0), False
+
+
+def when(predicate: Callable[[Any], bool]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A rule that does nothing while there is nothing to do.
+
+    Not a hypothesis precondition: with its rules switched on and off per history (swarm
+    testing), a machine whose enabled rules all have false preconditions gives the history
+    up, and a world built for nothing is the costly part of a history here.
+    """
+
+    def decorate(method: Callable[..., None]) -> Callable[..., None]:
+        @wraps(method)
+        def wrapper(self: ConservationMachine, *args: Any, **kwargs: Any) -> None:
+            if predicate(self):
+                method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def step(method: Callable[..., T]) -> Callable[..., T]:
-    """A rule: afterwards, learn the links giftsync made; remember failure for teardown."""
+    """A rule: afterwards, re-read the world; remember failure for teardown."""
 
     @wraps(method)
     def wrapper(self: ConservationMachine, *args: Any, **kwargs: Any) -> T:
         self.steps_since_settle += 1
         try:
             result = method(self, *args, **kwargs)
-            self.run(self._resolve_links())
+            self.run(self._observe())
             return result
         except BaseException:
             self.broken = True
@@ -170,62 +284,109 @@ def step(method: Callable[..., T]) -> Callable[..., T]:
 
 
 class ConservationMachine(RuleBasedStateMachine):
-    database_url: ClassVar[str] = ""
+    runner: ClassVar[asyncio.Runner]
+    engine: ClassVar[AsyncEngine]
+    database_url: ClassVar[str]
 
     def __init__(self) -> None:
         super().__init__()
         self.broken = False
-        self.runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
-        self.world: World = self.run(build_world(self.database_url))
+        self.world: World = self.run(build_world(self.engine, self.database_url))
         self.vii = [ViiCard(number, pin, initial) for number, pin, initial in VII_CARDS]
         for card in self.vii:
             self.world.vii_sim.add_card(card.number, card.pin, money(card.initial_minor))
         self.shadows: list[Shadow] = []
+        self.ghosts: list[Ghost] = []
         self.omni: list[OmniCard] = []
         self.orders: list[Order] = []
         self.pending: list[Webhook] = []
-        self.completed_tokens: set[str] = set()
         self.tokens: list[str] = []
-        self.lost_answer_steps = 0
         self.steps_since_settle = 0
+        self.faults_since_settle: list[str] = []
+        self.faults_ever = 0
         self.serials = 0
+        self.rows: dict[str, Any] = {}
+        """The shadow card rows as the last step left them."""
+        self.jobs_pending = False
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.runner.run(coroutine)
 
     def teardown(self) -> None:
         try:
-            if not self.broken:
+            # Not after a failure, nor after hypothesis cut the history short (it ran out of
+            # choices): settling then would only cost time or hide the first error.
+            if not self.broken and sys.exc_info()[0] is None:
+                self.run(self._close_every_card())
                 self.run(self._settle_and_check())
         finally:
-            try:
-                self.run(self.world.close())
-            finally:
-                self.runner.close()
+            self.run(self.world.close())
 
-    # --- helpers --------------------------------------------------------------------------
+    async def _close_every_card(self) -> None:
+        """The shop closes: every card still live is released (or, applied without a checkout
+        token, expires), so that every card's close is checked to the cent."""
+        for shadow in self.live():
+            if shadow.token is not None:
+                response = await self.world.release(shadow.token, shadow.code)
+                assert response.status_code == 200, response.text
+                shadow.closes.add("released")
+            else:
+                assert await self.world.expire(shadow.shadow_id) == 1
+                shadow.closes.add("expired")
 
-    def live_shadows(self) -> list[Shadow]:
-        return [s for s in self.shadows if s.state == "applied"]
-
-    def open_tokens(self) -> list[str]:
-        return [t for t in self.tokens if t not in self.completed_tokens]
-
-    def jobs_ran(self) -> None:
-        """Any job may have been a capture of an order whose charge was delivered."""
-        for order in self.orders:
-            if order.charge_delivered:
-                order.may_have_captured = True
+    # --- reading the world ------------------------------------------------------------------
 
     def shopify_balance_minor(self, gid: str) -> int:
         return minor(self.world.shop_sim.card(gid)["balance"])
 
-    async def _shadow_row(self, gid: str) -> Any:
-        [row] = await self.world.rows(
-            "SELECT id, card_id, state FROM shadow_cards WHERE shopify_gift_card_id = :gid",
-            gid=gid,
+    def spent_on_shopify(self, gid: str) -> int:
+        """What orders took from a Shopify card, net of refunds: every move giftsync did not make."""
+        card = self.world.shop_sim.card(gid)
+        return -sum(
+            (
+                minor(t["amount"])
+                for t in card["transactions"]
+                if GIFTSYNC_NOTE not in (t["note"] or "")
+            ),
+            0,
         )
-        return row
+
+    def held_by(self, vii: int, hold_code: str | None) -> int:
+        if hold_code is None:
+            return 0
+        return minor(self.world.vii_sim.open_holds(self.vii[vii].number).get(hold_code, 0))
+
+    def live(self) -> list[Shadow]:
+        return [s for s in self.shadows if s.state == "applied"]
+
+    def live_for(self, token: str | None, vii: int) -> Shadow | None:
+        if token is None:
+            return None
+        return next((s for s in self.live() if s.token == token and s.vii == vii), None)
+
+    def spendable(self) -> list[Shadow]:
+        """Cards a shopper can pay with: the code is known and Shopify still takes it."""
+        return [
+            s
+            for s in self.shadows
+            if self.world.shop_sim.card(s.gid)["enabled"] and self.shopify_balance_minor(s.gid) > 0
+        ]
+
+    def expected_available(self, vii: int) -> int | None:
+        """What Vii shows available on a card, when no close or fault is still in flight."""
+        card = self.vii[vii]
+        mine = [s for s in self.shadows if s.vii == vii]
+        if any(not s.exact or (s.state != "applied" and not s.settled) for s in mine):
+            return None
+        if any(g.vii == vii and not g.settled for g in self.ghosts):
+            return None
+        taken = sum(s.captured for s in mine) + card.spent_elsewhere_minor
+        held = sum(s.held for s in mine if s.state == "applied")
+        return card.initial_minor - taken - held
+
+    def fault(self, what: str) -> None:
+        self.faults_since_settle.append(what)
+        self.faults_ever += 1
 
     async def _resolve_omni(self, card: OmniCard) -> None:
         """Fill in the side giftsync created, from its links (None until it has linked)."""
@@ -249,53 +410,178 @@ class ConservationMachine(RuleBasedStateMachine):
             else:
                 card.pos_id = found[0].external_id
 
-    async def _resolve_links(self) -> None:
-        for card in self.omni:
-            await self._resolve_omni(card)
-
     def omni_on(self, side: str) -> list[int]:
         """Omni cards that exist on `side` ("shopify" or "pos") as far as the model knows."""
         return [n for n, c in enumerate(self.omni) if (c.gid if side == "shopify" else c.pos_id)]
 
-    def payable_tokens(self) -> list[str]:
-        return sorted(
-            {s.token for s in self.live_shadows() if s.applied_minor > 0} - self.completed_tokens
+    # --- after every step: what changed, and is it what the model says ----------------------
+
+    async def _observe(self) -> None:
+        for card in self.omni:
+            await self._resolve_omni(card)
+        async with self.world.engine.connect() as connection:
+            found = (await connection.execute(text(OBSERVE))).all()
+            self.jobs_pending = bool(await connection.scalar(text(JOBS_PENDING)))
+        self.rows = {str(r.id): r for r in found}
+        known = {s.shadow_id for s in self.shadows} | {g.shadow_id for g in self.ghosts}
+        assert set(self.rows) <= known, (
+            f"shadow cards the model never saw: {set(self.rows) - known}"
         )
-
-    def resizable(self) -> list[Shadow]:
-        return [s for s in self.live_shadows() if s.token not in self.completed_tokens]
-
-    def jobs_due(self) -> bool:
-        return bool(
-            self.run(
-                self.world.rows("SELECT 1 FROM jobs WHERE state IN ('queued', 'running') LIMIT 1")
+        for shadow in self.shadows:
+            row = self.rows[shadow.shadow_id]
+            assert self.spent_on_shopify(shadow.gid) == shadow.spent, (
+                shadow,
+                self.world.shop_sim.card(shadow.gid)["transactions"],
             )
+            self._learn_state(shadow, row.state)
+            if row.settled_at is not None and not shadow.settled:
+                await self._check_closed(shadow, row)
+            elif row.state == "applied" and not row.undoing:
+                self._check_live(shadow, row)
+        for ghost in self.ghosts:
+            row = self.rows[ghost.shadow_id]
+            if row.settled_at is not None and not ghost.settled:
+                await self._check_reversed(ghost, row)
+
+    def _learn_state(self, shadow: Shadow, state: str) -> None:
+        if state != shadow.state and state != "applied" and state not in shadow.closes:
+            # Only a reconcile repair closes a card nobody asked to close, and only after
+            # a fault left something to repair.
+            assert state == "released" and self.faults_ever, (
+                f"shadow card closed as {state}, but only {shadow.closes} were asked: {shadow}"
+            )
+            event("shadow card closed by a reconcile repair")
+            shadow.closes.add(state)
+        assert state != "applied" or shadow.state == "applied", (shadow, state)
+        shadow.state = state
+
+    def _check_live(self, shadow: Shadow, row: Any) -> None:
+        """A live card: Shopify, Vii and giftsync's row agree with the model to the cent."""
+        loaded = self._loaded(shadow, row)
+        if row.hold_code is None and row.hold_tran_id is not None:
+            # A new hold was asked for and its answer lost: Vii may hold it under a code only
+            # the worker's Undo can reach. Until then the card must stay empty.
+            assert self.shopify_balance_minor(shadow.gid) == 0, (shadow, row)
+            shadow.exact = False
+            event("a re-hold's answer was lost")
+            return
+        if not shadow.exact:
+            # After a fault: take what giftsync recorded, then hold it against the upstreams.
+            shadow.loaded = loaded
+            shadow.hold = row.hold_amount_minor
+            shadow.held = self.held_by(shadow.vii, row.hold_code)
+            shadow.captured = row.captured_amount_minor
+            shadow.vii_balance = row.vii_balance_minor
+            shadow.hold_code = row.hold_code
+            shadow.new_hold_expected = False
+            shadow.exact = True
+            event("model re-read a card after a fault")
+        card = self.world.shop_sim.card(shadow.gid)
+        assert card["enabled"], f"a live shadow card is disabled in Shopify: {shadow}"
+        assert minor(card["balance"]) == shadow.balance, (shadow, card["balance"])
+        assert (loaded, row.captured_amount_minor) == (shadow.loaded, shadow.captured), (
+            shadow,
+            row,
         )
+        assert row.hold_amount_minor == shadow.hold <= shadow.held, (shadow, row)
+        assert self.held_by(shadow.vii, row.hold_code) == shadow.held, (
+            f"Vii holds {self.held_by(shadow.vii, row.hold_code)} for {shadow}"
+        )
+        if shadow.new_hold_expected:
+            # A re-hold: the old hold is gone, a new one (never the old code) backs the card.
+            assert row.hold_code != shadow.hold_code, (shadow, row)
+            shadow.new_hold_expected = False
+        elif shadow.hold_code is not None and shadow.held:
+            assert row.hold_code == shadow.hold_code, f"a hold replaced for no reason: {shadow}"
+        shadow.hold_code = row.hold_code
+
+    def _loaded(self, shadow: Shadow, row: Any) -> int:
+        """What giftsync put on the card: its row, plus a move whose answer was lost if it
+        landed (giftsync looks it up before its next move; until then its row lags)."""
+        if not row.applied_unconfirmed:
+            return int(row.loaded_minor)
+        keys = {
+            idempotency_key_from_note(t.note)
+            for t in self.world.shop_sim.shop.card(shadow.gid).transactions
+        }
+        landed = row.unconfirmed_move_key in keys
+        return int(row.loaded_minor) + (row.unconfirmed_move_minor if landed else 0)
+
+    async def _check_closed(self, shadow: Shadow, row: Any) -> None:
+        """Settled: the card is dead, and Vii took exactly what it spent (DESIGN 1.B)."""
+        card = self.world.shop_sim.card(shadow.gid)
+        assert not card["enabled"], f"settled but still spendable in Shopify: {shadow}"
+        assert row.state in shadow.closes, (shadow, row.state)
+        assert row.no_pin and row.no_number, f"settled but the PIN is kept: {shadow}"
+        assert row.hold_code is None and self.held_by(shadow.vii, shadow.hold_code) == 0, (
+            f"settled with a hold still open: {shadow}"
+        )
+        assert row.final_balance_minor == minor(card["balance"]), (shadow, row)
+        assert row.refunds_on_card_minor == shadow.refunds_credited, (shadow, row)
+        # Only the close captures now: what the dead card spent, less what a re-hold took.
+        expected = max(shadow.spent, shadow.captured) if shadow.exact else row.captured_amount_minor
+        over = max(0, shadow.captured - shadow.spent) if shadow.exact else None
+        found = await self.world.rows(
+            "SELECT evidence FROM findings WHERE type = 'refund_needs_staff' AND subject = :s",
+            s=f"shadow:{shadow.shadow_id}:over-captured",
+        )
+        over_found = sum(minor(f.evidence["amount"]) for f in found)
+        assert row.captured_amount_minor == expected, (shadow, row.captured_amount_minor)
+        if over is not None:
+            assert over_found == over, (shadow, over_found)
+        assert row.captured_amount_minor - over_found == shadow.spent, (
+            f"Vii took {money(row.captured_amount_minor)} (over-captured "
+            f"{money(over_found)}), Shopify spent {money(shadow.spent)}: {shadow}"
+        )
+        shadow.captured = row.captured_amount_minor
+        shadow.hold = shadow.held = 0
+        shadow.settled = True
+        shadow.exact = True
+        event(f"shadow card settled as {row.state}")
+
+    async def _check_reversed(self, ghost: Ghost, row: Any) -> None:
+        """A failed apply: nothing held, nothing spendable, nothing taken, the PIN erased."""
+        assert row.state == "abandoned", (ghost, row.state)
+        assert row.no_pin and row.no_number, ghost
+        assert row.captured_amount_minor == 0, ghost
+        assert row.hold_code is None or self.held_by(ghost.vii, row.hold_code) == 0, ghost
+        for card_id in self.world.shop_sim.shop.gift_cards:
+            card = self.world.shop_sim.card(card_id)
+            if card["note"] == f"shadow:{ghost.shadow_id}":
+                assert not card["enabled"], f"a failed apply left a spendable card: {ghost}"
+        ghost.settled = True
+        event(f"failed apply reversed ({ghost.fault})")
 
     # --- the shop on opening: so that every history has cards to work with -----------------
 
     @initialize(
         in_store=st.lists(st.integers(100, 10_000), min_size=1, max_size=2),
         online=st.lists(st.integers(100, 10_000), max_size=1),
+        capture_frees_rest=st.booleans(),
     )
     @step
-    def open_the_shop(self, in_store: list[int], online: list[int]) -> None:
-        """Omni cards sold before the first step, linked by the pollers as usual."""
+    def open_the_shop(
+        self, in_store: list[int], online: list[int], capture_frees_rest: bool
+    ) -> None:
+        """Omni cards sold before the first step (the pollers and webhooks link them as the
+        history goes); and which reading of a Vii capture holds (no source says whether a
+        capture frees the rest of a hold)."""
+        self.world.vii_sim.capture_frees_rest = capture_frees_rest
+        event(f"Vii capture {'frees' if capture_frees_rest else 'keeps'} the rest of a hold")
         for amount in in_store:
             self._sell_in_store(amount)
         for amount in online:
             self._buy_online(amount)
-        while self.pending:
-            self.run(self._deliver(self.pending.pop(0), "once"))
-        self.run(self.world.poll())
-        self.run(self.world.drain())
 
     @initialize(index=VII_INDEX, cart=CART)
     @step
     def first_checkout(self, index: int, cart: int) -> None:
+        self._apply(index, self._new_token(), cart, pin=True)
+
+    def _new_token(self) -> str:
         token = f"co-{len(self.tokens) + 1}"
         self.tokens.append(token)
-        self._apply(index, token, cart, pin=True)
+        return token
 
     # --- Vii and checkout -----------------------------------------------------------------
 
@@ -311,158 +597,416 @@ class ConservationMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     @step
     def apply_card(self, data: st.DataObject) -> None:
-        """A shopper applies a Vii card (with its PIN) at a checkout, new or already open."""
+        """A shopper applies a Vii card at a checkout (new, already open, or with no token),
+        and maybe places the order with it at once."""
         index = data.draw(VII_INDEX, label="Vii card")
-        reuse = data.draw(st.integers(0, 3), label="checkout (past the open ones: a new one)")
-        cart = data.draw(CART, label="cart total (minor units)")
-        open_tokens = self.open_tokens()
-        if reuse < len(open_tokens):
-            token = open_tokens[reuse]
+        checkout_kind = data.draw(st.sampled_from(["new", "open", "none"]), label="checkout")
+        token: str | None
+        if checkout_kind == "open" and self.tokens:
+            token = data.draw(st.sampled_from(self.tokens), label="checkout token")
+        elif checkout_kind == "none":
+            token = None
         else:
-            token = f"co-{len(self.tokens) + 1}"
-            self.tokens.append(token)
-        self._apply(index, token, cart, pin=True)
-
-    @precondition(lambda self: bool(self.resizable()))
-    @rule(data=st.data())
-    @step
-    def change_cart(self, data: st.DataObject) -> None:
-        """The cart total changed: the checkout calls again with the same token and card."""
-        shadow = data.draw(st.sampled_from(self.resizable()), label="shadow card")
+            token = self._new_token()
+        live = self.live_for(token, index)
+        proofs = (
+            ["pin", "apply token", "nothing"] if live and live.apply_token else ["pin", "nothing"]
+        )
+        proof = data.draw(st.sampled_from(proofs), label="proof")
         cart = data.draw(CART, label="cart total (minor units)")
-        with_pin = data.draw(st.booleans(), label="with the PIN")
-        self._apply(shadow.vii, shadow.token, cart, pin=with_pin)
+        apply_token = live.apply_token if live is not None and proof == "apply token" else None
+        known = len(self.shadows)
+        self._apply(index, token, cart, pin=proof == "pin", apply_token=apply_token)
+        if data.draw(st.booleans(), label="and pays with it at once"):
+            self.run(self._observe())
+            shadow = live or (self.shadows[-1] if len(self.shadows) > known else None)
+            if shadow is not None and shadow in self.spendable():
+                self._place_order(data, [(shadow, data.draw(SALE_STATUS, label="sale status"))])
 
-    def _apply(self, index: int, token: str, cart: int, *, pin: bool) -> None:
-        card = self.vii[index]
-        live = next((s for s in self.live_shadows() if s.token == token and s.vii == index), None)
-        available_before = minor(self.world.vii_sim.available(card.number))
-        response = self.run(self.world.apply(card.number, card.pin if pin else None, cart, token))
-        body = response.json()
-        event(f"apply ({'same checkout and card' if live else 'new'}): {response.status_code}")
-        if live is not None:
-            if response.status_code == 409:
-                assert not pin and body["code"] == "pin_required", body
-                assert self.shopify_balance_minor(live.gid) == live.applied_minor
-                return
-            assert response.status_code == 200, body
-            assert body["shopifyGiftCardCode"] == live.code
-            live.applied_minor = minor(body["amountApplied"])
-            assert 0 < live.applied_minor <= cart
-            assert self.shopify_balance_minor(live.gid) == live.applied_minor
+    @rule(data=st.data(), story=st.sampled_from(["once", "shrink, spend, grow"]))
+    @when(lambda self: any(s.token is not None for s in self.live()))
+    @step
+    def change_cart(self, data: st.DataObject, story: str) -> None:
+        """The cart total changed: the checkout calls again, as the extension does, with the
+        apply token it kept (or the shopper types the PIN again). Or, the story of issue 12:
+        shrink the cart, spend part of the card on an order, grow the cart back (twice)."""
+        shadow = data.draw(
+            st.sampled_from([s for s in self.live() if s.token is not None]), label="shadow card"
+        )
+        if story == "once":
+            self._change_cart(data, shadow, data.draw(st.integers(0, 250), label="new cart, %"))
             return
+        self._change_cart(data, shadow, data.draw(st.integers(10, 90), label="shrink to, %"))
+        self.run(self._observe())
+        for _ in range(2):
+            # Spend part of it, then grow the cart (past the hold, a new hold takes what was
+            # spent); the second time round, a refund of the first order may come in between
+            # (credited after that capture: a surplus the close hands to staff).
+            if shadow.state == "applied" and shadow.balance > 0:
+                self._place_order(data, [(shadow, "SUCCESS")])
+                self.run(self._observe())
+            if self.orders and data.draw(st.booleans(), label="a refund"):
+                order = self.orders[-1]
+                payment = order.payments[0]
+                if payment.refundable_minor > 0:
+                    self._refund(order, payment, max(1, payment.refundable_minor // 2))
+            if shadow.state != "applied":
+                return
+            self._change_cart(data, shadow, data.draw(st.integers(100, 400), label="grow to, %"))
+            self.run(self._observe())
+
+    def _change_cart(self, data: st.DataObject, shadow: Shadow, percent: int) -> None:
+        cart = max(100, shadow.balance * percent // 100)
+        with_pin = shadow.apply_token is None or data.draw(st.booleans(), label="with the PIN")
+        assert shadow.token is not None
+        self._apply(
+            shadow.vii,
+            shadow.token,
+            cart,
+            pin=with_pin,
+            apply_token=None if with_pin else shadow.apply_token,
+        )
+
+    def _apply(
+        self, index: int, token: str | None, cart: int, *, pin: bool, apply_token: str | None = None
+    ) -> None:
+        card = self.vii[index]
+        live = self.live_for(token, index)
+        available = minor(self.world.vii_sim.available(card.number))
+        expected = self.expected_available(index)
+        assert expected is None or expected == available, (
+            f"Vii card {index} shows {money(available)} available, the model {money(expected)}"
+        )
+        response = self.run(
+            self.world.apply(card.number, card.pin if pin else None, cart, token, apply_token)
+        )
+        body = response.json()
+        if live is not None:
+            self._expect_resize(live, cart, pin, apply_token, response, available)
+            return
+        event(f"new card ({'with a checkout' if token else 'no checkout'}): {response.status_code}")
         if not pin:
             assert response.status_code == 409 and body["code"] == "pin_required", body
+            assert "shopifyGiftCardCode" not in body
             return
-        if available_before == 0:
+        if available <= 0:
             assert response.status_code == 402 and body["code"] == "card_empty", body
             return
         assert response.status_code == 200, body
-        assert minor(body["viiBalance"]) == available_before
-        applied = minor(body["amountApplied"])
-        assert applied == min(available_before, cart)
-        self._new_shadow(index, token, body)
+        applied = min(available, cart)
+        assert minor(body["amountApplied"]) == applied, (body, available, cart)
+        assert minor(body["viiBalance"]) == available, body
+        assert minor(body["availableBalance"]) == available - applied, body
+        assert body["applyToken"], body
+        self._new_shadow(index, token, body, applied, available)
 
-    def _new_shadow(self, index: int, token: str, body: dict[str, Any]) -> None:
+    def _new_shadow(
+        self, index: int, token: str | None, body: dict[str, Any], applied: int, available: int
+    ) -> None:
         code = body["shopifyGiftCardCode"]
         gid = next(
             self.world.shop_sim.card(card_id)["id"]
             for card_id in self.world.shop_sim.shop.gift_cards
             if self.world.shop_sim.card(card_id)["code"].lower() == code.lower()
         )
-        row = self.run(self._shadow_row(gid))
-        applied = minor(body["amountApplied"])
-        assert self.shopify_balance_minor(gid) == applied
-        self.shadows.append(Shadow(token, index, code, gid, str(row.id), str(row.card_id), applied))
+        [row] = self.run(
+            self.world.rows(
+                "SELECT id, card_id, hold_code FROM shadow_cards WHERE shopify_gift_card_id = :g",
+                g=gid,
+            )
+        )
+        # Every apply that is not a re-size makes a card of its own (no checkout token: always).
+        assert str(row.id) not in {s.shadow_id for s in self.shadows}, (token, code)
+        self.shadows.append(
+            Shadow(
+                token=token,
+                vii=index,
+                code=code,
+                gid=gid,
+                shadow_id=str(row.id),
+                card_id=str(row.card_id),
+                apply_token=body["applyToken"],
+                loaded=applied,
+                hold=applied,
+                held=applied,
+                vii_balance=available,
+                hold_code=row.hold_code,
+            )
+        )
 
-    @precondition(lambda self: self.lost_answer_steps < MAX_LOST_ANSWER_STEPS)
-    @rule(index=VII_INDEX, cart=CART, upstream=st.sampled_from(["vii", "shopify"]))
-    @step
-    def apply_losing_an_answer(self, index: int, cart: int, upstream: str) -> None:
-        """Apply while an upstream applies the write and loses its answer.
-
-        Vii's lost hold makes a 503 whose Undo job frees the hold; Shopify's lost create is
-        found again by its code, so the shopper still gets the card.
-        """
-        self.lost_answer_steps += 1
-        card = self.vii[index]
-        token = f"co-{len(self.tokens) + 1}"
-        self.tokens.append(token)
-        available_before = minor(self.world.vii_sim.available(card.number))
-        sim = self.world.vii_sim if upstream == "vii" else self.world.shop_sim
-        sim.faults.lose_answer_rate = 1.0
-        try:
-            response = self.run(self.world.apply(card.number, card.pin, cart, token))
-        finally:
-            sim.faults.lose_answer_rate = 0.0
+    def _expect_resize(
+        self,
+        shadow: Shadow,
+        cart: int,
+        pin: bool,
+        apply_token: str | None,
+        response: httpx.Response,
+        available: int,
+    ) -> None:
+        """The same checkout and Vii card: the card is re-sized, exactly as the rule says."""
         body = response.json()
-        if available_before == 0:
-            assert response.status_code == 402, body
-        elif upstream == "vii":
-            assert response.status_code == 503 and body["code"] == "vii_unavailable", body
-        else:
-            assert response.status_code == 200, body
-            self._new_shadow(index, token, body)
-
-    @precondition(lambda self: any(s.state in ("applied", "released") for s in self.shadows))
-    @rule(data=st.data())
-    @step
-    def abandon(self, data: st.DataObject) -> None:
-        """The shopper removes the card (maybe again: release is idempotent), or it expires."""
-        live = self.live_shadows()
-        if live and not data.draw(st.booleans(), label="a released card again"):
-            shadow = data.draw(st.sampled_from(live), label="shadow card")
-        else:
-            released = [s for s in self.shadows if s.state == "released"]
-            shadow = data.draw(st.sampled_from(released or live), label="shadow card")
-        if shadow.state == "applied" and data.draw(st.booleans(), label="expires"):
-            assert self.run(self.world.expire(shadow.shadow_id)) == 1
-            shadow.state = "expired"
+        proof = "PIN" if pin else "apply token"
+        new_balance, needs_new_hold = resize_rule(cart=cart, shadow=shadow)
+        if not pin and apply_token is None:
+            assert response.status_code == 409 and body["code"] == "pin_required", body
+            assert shadow.code not in response.text
+            event("re-size without PIN or apply token: 409")
             return
+        if needs_new_hold and not pin:
+            assert response.status_code == 409 and body["code"] == "pin_required", body
+            assert shadow.code not in response.text
+            event("grow past the hold without the PIN: 409")
+            return
+        if needs_new_hold:
+            self._expect_rehold(shadow, cart, response, available)
+            return
+        event(f"re-size by {proof}: {'grow' if new_balance > shadow.balance else 'shrink or same'}")
+        assert response.status_code == 200, body
+        assert body["shopifyGiftCardCode"] == shadow.code
+        assert minor(body["amountApplied"]) == new_balance, (body, shadow, cart)
+        assert minor(body["viiBalance"]) == shadow.vii_balance, (body, shadow)
+        assert minor(body["availableBalance"]) == max(shadow.vii_balance - shadow.hold, 0), body
+        self._learn_token(shadow, body, pin)
+        shadow.loaded += new_balance - shadow.balance
+
+    def _expect_rehold(
+        self, shadow: Shadow, cart: int, response: httpx.Response, available: int
+    ) -> None:
+        """Growing past the hold: empty the card, take what was spent, free the old hold, and
+        hold again what Vii has now, up to the cart."""
+        body = response.json()
+        due = max(shadow.spent - shadow.captured, 0)
+        now_available = available + shadow.held - due
+        new_hold = max(min(now_available, cart), 0)
+        shadow.captured += due
+        shadow.loaded = shadow.spent
+        shadow.hold = shadow.held = 0
+        if new_hold == 0:
+            assert response.status_code == 402 and body["code"] == "card_empty", body
+            shadow.closes.add("released")
+            event("grow past the hold: Vii has nothing left, card closed")
+            return
+        event("grow past the hold with the PIN: a new hold")
+        assert response.status_code == 200, body
+        assert body["shopifyGiftCardCode"] == shadow.code
+        assert minor(body["amountApplied"]) == new_hold, (body, shadow, cart, now_available)
+        assert minor(body["viiBalance"]) == now_available, body
+        assert minor(body["availableBalance"]) == now_available - new_hold, body
+        self._learn_token(shadow, body, pin=True)
+        shadow.loaded += new_hold
+        shadow.hold = shadow.held = new_hold
+        shadow.new_hold_expected = True
+        shadow.vii_balance = now_available
+
+    def _learn_token(self, shadow: Shadow, body: dict[str, Any], pin: bool) -> None:
+        if pin:
+            # Proved by PIN: the caller may have lost its token, so a fresh one replaces it.
+            assert body["applyToken"] and body["applyToken"] != shadow.apply_token, body
+            shadow.apply_token = body["applyToken"]
+        else:
+            assert body["applyToken"] == shadow.apply_token, body
+
+    @rule(data=st.data(), fault=st.sampled_from(APPLY_FAULTS))
+    @step
+    def apply_with_a_fault(self, data: st.DataObject, fault: str) -> None:
+        """A new apply meets a fault after its intent is written: a lost answer, an upstream
+        failing, or an exception no code expects. The shopper gets no code (or, where the
+        client recovers the answer, the card); the worker reverses whatever was left."""
+        index = data.draw(VII_INDEX, label="Vii card")
+        cart = data.draw(CART, label="cart total (minor units)")
+        token = None if data.draw(st.booleans(), label="no checkout token") else self._new_token()
+        card = self.vii[index]
+        available = minor(self.world.vii_sim.available(card.number))
+        before = {s.shadow_id for s in self.shadows} | {g.shadow_id for g in self.ghosts}
+        self.fault(fault)
+        response = self.run(self._apply_faulty(fault, card, cart, token))
+        event(f"apply with {fault}: {response.status_code}")
+        if available <= 0:
+            assert response.status_code == 402, response.text
+            return
+        if fault == "shopify_create_answer_lost":
+            # The client finds the card it created by its code: the apply goes through.
+            assert response.status_code == 200, response.text
+            body = response.json()
+            applied = min(available, cart)
+            assert minor(body["amountApplied"]) == applied, body
+            self._new_shadow(index, token, body, applied, available)
+            return
+        expected = {
+            "vii_hold_answer_lost": (503, "vii_unavailable"),
+            "shopify_failing": (503, "shopify_unavailable"),
+        }.get(fault, (500, None))
+        assert response.status_code == expected[0], response.text
+        if expected[1] is not None:
+            assert response.json()["code"] == expected[1], response.text
+        assert "shopifyGiftCardCode" not in response.text
+        rows = self.run(self.world.rows("SELECT id FROM shadow_cards"))
+        [new] = [str(r.id) for r in rows if str(r.id) not in before]
+        self.ghosts.append(Ghost(new, index, fault))
+
+    async def _apply_faulty(
+        self, fault: str, card: ViiCard, cart: int, token: str | None
+    ) -> httpx.Response:
+        world = self.world
+        apply = world.apply(card.number, card.pin, cart, token)
+        if fault == "vii_hold_answer_lost":
+            with world.answers_lost("vii"):
+                return await apply
+        if fault == "shopify_create_answer_lost":
+            with world.answers_lost("shopify"):
+                return await apply
+        if fault == "shopify_failing":
+            with world.failing("shopify"):
+                return await apply
+        if fault == "exception_recording":
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(checkout, "_record_applied", _explode)
+                return await apply
+        client = world.vii if fault == "exception_after_hold" else world.shopify
+        client.explode_after = "pre_auth" if fault == "exception_after_hold" else "create_gift_card"
+        try:
+            return await apply
+        finally:
+            client.explode_after = None
+
+    @rule(data=st.data(), upstream=st.sampled_from(["shopify", "vii"]), lost=st.booleans())
+    @when(lambda self: any(s.token is not None for s in self.live()))
+    @step
+    def change_cart_with_a_fault(self, data: st.DataObject, upstream: str, lost: bool) -> None:
+        """A re-size whose writes to one upstream lose their answers (applied) or fail (503)."""
+        shadow = data.draw(
+            st.sampled_from([s for s in self.live() if s.token is not None]), label="shadow card"
+        )
+        cart = data.draw(CART, label="cart total (minor units)")
+        card = self.vii[shadow.vii]
+        self.fault(f"re-size, {upstream} {'answer lost' if lost else 'failing'}")
+        world = self.world
+        apply = world.apply(card.number, card.pin, cart, shadow.token)
+        fault = world.answers_lost(upstream) if lost else world.failing(upstream)
+        with fault:
+            response = self.run(apply)
+        event(f"re-size with {upstream} {'lost' if lost else 'failing'}: {response.status_code}")
+        assert response.status_code in (200, 402, 503), response.text
+        if response.status_code == 200:
+            assert response.json()["shopifyGiftCardCode"] == shadow.code
+            shadow.apply_token = response.json()["applyToken"]
+        else:
+            # Proved by PIN, so its token was replaced; the answer that carried it failed.
+            shadow.apply_token = None
+        if response.status_code == 402:
+            shadow.closes.add("released")
+        shadow.exact = False
+
+    @rule(data=st.data())
+    @when(lambda self: any(s.token is not None for s in self.shadows))
+    @step
+    def release(self, data: st.DataObject) -> None:
+        """The shopper removes the card (maybe again, maybe after paying: release is idempotent)."""
+        live = [s for s in self.live() if s.token is not None]
+        again = not live or data.draw(st.integers(0, 3), label="a closed card again") == 0
+        shadow = data.draw(
+            st.sampled_from([s for s in self.shadows if s.token is not None] if again else live),
+            label="shadow card",
+        )
+        assert shadow.token is not None
         response = self.run(self.world.release(shadow.token, shadow.code))
         assert response.status_code == 200 and response.json() == {"released": True}
-        shadow.state = "released"
+        event(f"release of a card {shadow.state}")
+        if shadow.state == "applied":
+            shadow.closes.add("released")
+
+    @rule(data=st.data())
+    @when(lambda self: bool(self.live()))
+    @step
+    def expire(self, data: st.DataObject) -> None:
+        shadow = data.draw(st.sampled_from(self.live()), label="shadow card")
+        assert self.run(self.world.expire(shadow.shadow_id)) == 1
+        shadow.closes.add("expired")
 
     # --- orders -----------------------------------------------------------------------------
 
-    @precondition(
+    @rule(data=st.data(), orders=st.integers(1, 3), then=st.sampled_from(THEN))
+    @when(
         lambda self: (
-            bool(self.payable_tokens())
+            bool(self.spendable())
             or any(self.omni[n].total_minor > 0 for n in self.omni_on("shopify"))
         )
     )
-    @rule(data=st.data())
     @step
-    def checkout_order(self, data: st.DataObject) -> None:
-        """An order paid with the checkout's shadow cards and/or an omni card."""
-        payments: list[tuple[str, int, int]] = []
-        tokens = self.payable_tokens()
-        if tokens and not data.draw(st.booleans(), label="no shadow cards"):
-            token = data.draw(st.sampled_from(tokens), label="checkout")
-            for n, shadow in enumerate(self.shadows):
-                if shadow.token == token and shadow.state == "applied":
-                    amount = shadow.applied_minor
-                    if data.draw(st.booleans(), label="not all of it"):
-                        amount = amount * data.draw(st.integers(1, 99), label="percent") // 100
-                    if amount > 0:
-                        payments.append(("shadow", n, amount))
+    def checkout_order(self, data: st.DataObject, orders: int, then: str) -> None:
+        """Orders paid with shadow codes (any still spendable, even one released whose close
+        has not run yet) and/or an omni card; one code may pay several orders before any
+        webhook arrives; a gift card sale may fail or stay pending. Then, maybe, Shopify's
+        webhooks arrive and are handled at once, or the shopper releases the cards, or they
+        expire, before those webhooks are delivered."""
         online = [n for n in self.omni_on("shopify") if self.omni[n].total_minor > 0]
-        if online and not data.draw(st.booleans(), label="no omni card"):
-            n = data.draw(st.sampled_from(online), label="omni card")
-            card = self.omni[n]
+        kinds = (["shadow", "shadow", "both"] if self.spendable() else []) + (
+            ["omni"] if online else []
+        )
+        paid_with = data.draw(st.sampled_from(kinds), label="paid with")
+        cards: list[Shadow] = []
+        if paid_with != "omni":
+            spendable = [self.shadows.index(s) for s in self.spendable()]
+            chosen = data.draw(
+                st.lists(st.sampled_from(spendable), unique=True, min_size=1, max_size=2),
+                label="shadow cards",
+            )
+            cards = [self.shadows[n] for n in chosen]
+        omni = None
+        if paid_with != "shadow" and online:
+            omni = data.draw(st.sampled_from(online), label="omni card")
+        for _ in range(orders):
+            paying = [
+                (shadow, data.draw(SALE_STATUS, label="sale status"))
+                for shadow in cards
+                if shadow in self.spendable()
+            ]
+            self._place_order(data, paying, omni)
+        if then != "nothing" and cards:
+            self.run(self._observe())
+        if then == "webhooks now":
+            # Shopify is prompt and so is the worker: the paid webhooks close the cards now.
+            while self.pending:
+                self.run(self._deliver(self.pending.pop(0), "once"))
+            self.run(self.world.drain())
+        for shadow in cards:
+            if then == "release" and shadow.token is not None and shadow.state == "applied":
+                response = self.run(self.world.release(shadow.token, shadow.code))
+                assert response.status_code == 200, response.text
+                shadow.closes.add("released")
+                event("paid, then released before any webhook")
+            elif then == "expire" and shadow.state == "applied":
+                assert self.run(self.world.expire(shadow.shadow_id)) == 1
+                shadow.closes.add("expired")
+                event("paid, then expired before any webhook")
+
+    def _place_order(
+        self, data: st.DataObject, paying: list[tuple[Shadow, str]], omni: int | None = None
+    ) -> None:
+        payments: list[tuple[str, int, int, str]] = []
+        for shadow, status in paying:
+            balance = self.shopify_balance_minor(shadow.gid)
+            amount = max(1, balance * data.draw(PERCENT, label="percent") // 100)
+            payments.append(("shadow", self.shadows.index(shadow), amount, status))
+        if omni is not None:
+            card = self.omni[omni]
             assert card.gid is not None
-            spendable = min(self.shopify_balance_minor(card.gid), card.total_minor)
-            amount = spendable * data.draw(PERCENT) // 100
+            spendable_minor = min(self.shopify_balance_minor(card.gid), card.total_minor)
+            amount = spendable_minor * data.draw(PERCENT) // 100
             if amount > 0:
-                payments.append(("omni", n, amount))
-        event(f"order paid with: {', '.join(sorted({k for k, _, _ in payments})) or 'nothing'}")
+                payments.append(("omni", omni, amount, "SUCCESS"))
+        event(f"order paid with: {', '.join(sorted({p[0] + ':' + p[3] for p in payments}))}")
         if not payments:
             return
         gids = [
-            self.shadows[n].gid if kind == "shadow" else self.omni[n].gid for kind, n, _ in payments
+            self.shadows[n].gid if kind == "shadow" else self.omni[n].gid
+            for kind, n, _, _ in payments
         ]
         order = self.world.shop_sim.create_order(
-            [(str(gid), money(amount)) for gid, (_, _, amount) in zip(gids, payments, strict=True)]
+            [
+                (str(gid), money(amount), status)
+                for gid, (_, _, amount, status) in zip(gids, payments, strict=True)
+            ]
         )
         sales = order["webhooks"]["order_transactions/create"]
         model = Order(
@@ -470,59 +1014,79 @@ class ConservationMachine(RuleBasedStateMachine):
             order["legacy_id"],
             order["webhooks"]["orders/paid"],
             [
-                Payment(kind, n, amount, sale)
-                for (kind, n, amount), sale in zip(payments, sales, strict=True)
+                Payment(kind, n, amount, status, txn, sale)
+                for (kind, n, amount, status), txn, sale in zip(
+                    payments, order["transaction_ids"], sales, strict=True
+                )
             ],
         )
         self.orders.append(model)
-        number = len(self.orders) - 1
-        for kind, n, amount in payments:
-            if kind == "shadow":
-                shadow = self.shadows[n]
-                shadow.state, shadow.charged_minor = "paid", amount
-                self.completed_tokens.add(shadow.token)
+        for payment in model.payments:
+            if payment.status != "SUCCESS":
+                continue
+            if payment.kind == "shadow":
+                shadow = self.shadows[payment.index]
+                shadow.spent += payment.amount_minor
+                shadow.closes.add("captured")
             else:
-                self.omni[n].total_minor -= amount
-        self.pending.append(Webhook("orders/paid", model.paid_payload, number))
-        self.pending.extend(Webhook("order_transactions/create", s, number) for s in sales)
+                self.omni[payment.index].total_minor -= payment.amount_minor
+        self.pending.append(Webhook("orders/paid", model.paid_payload))
+        self.pending.extend(Webhook("order_transactions/create", s) for s in sales)
 
-    @precondition(
-        lambda self: any(
-            p.refundable_minor > 0 for o in self.orders if not o.cancelled for p in o.payments
-        )
-    )
-    @rule(data=st.data())
+    def _pending_sales(self) -> list[Payment]:
+        return [p for o in self.orders for p in o.payments if p.status == "PENDING"]
+
+    @rule(data=st.data(), success=st.booleans())
+    @when(lambda self: bool(self._pending_sales()))
     @step
-    def refund(self, data: st.DataObject) -> None:
-        """Part of a paid order goes back onto the gift card it was paid with."""
-        choices = [
+    def pending_sale_ends(self, data: st.DataObject, success: bool) -> None:
+        """A pending gift card sale succeeds (if the card can still pay) or fails."""
+        payment = data.draw(st.sampled_from(self._pending_sales()), label="pending sale")
+        shadow = self.shadows[payment.index]
+        card = self.world.shop_sim.card(shadow.gid)
+        pays = success and card["enabled"] and minor(card["balance"]) >= payment.amount_minor
+        payload = self.world.shop_sim.settle_pending(payment.txn_gid, success=success)
+        assert payload["status"] == ("success" if pays else "failure"), (payload, card)
+        event(f"pending sale ends: {payload['status']}")
+        payment.status = "SUCCESS" if pays else "FAILURE"
+        payment.sale = payload
+        if pays:
+            shadow.spent += payment.amount_minor
+            shadow.closes.add("captured")
+        self.pending.append(Webhook("order_transactions/create", payload))
+
+    def _refundable(self) -> list[tuple[Order, Payment]]:
+        return [
             (o, p)
             for o in self.orders
             if not o.cancelled
             for p in o.payments
             if p.refundable_minor > 0
         ]
-        order, payment = data.draw(st.sampled_from(choices), label="payment")
+
+    @rule(data=st.data())
+    @when(lambda self: bool(self._refundable()))
+    @step
+    def refund(self, data: st.DataObject) -> None:
+        """Part of a paid order goes back onto the gift card it was paid with."""
+        order, payment = data.draw(st.sampled_from(self._refundable()), label="payment")
         amount = max(1, payment.refundable_minor * data.draw(PERCENT, label="percent") // 100)
         self._refund(order, payment, amount)
 
     def _refund(self, order: Order, payment: Payment, amount: int) -> None:
-        number = self.orders.index(order)
-        gid = (
-            self.shadows[payment.index].gid
-            if payment.kind == "shadow"
-            else self.omni[payment.index].gid
-        )
+        if payment.kind == "shadow":
+            gid: str | None = self.shadows[payment.index].gid
+        else:
+            gid = self.omni[payment.index].gid
         assert gid is not None
         enabled = bool(self.world.shop_sim.card(gid)["enabled"])
         if enabled:
             refund = self.world.shop_sim.refund_to_gift_card(order.gid, gid, money(amount))
             txn_id = refund["transaction_id"].rsplit("/", 1)[-1]
             hooks = refund["webhooks"]
-            self.pending.append(Webhook("refunds/create", hooks["refunds/create"], number))
+            self.pending.append(Webhook("refunds/create", hooks["refunds/create"]))
             self.pending.extend(
-                Webhook("order_transactions/create", p, number)
-                for p in hooks["order_transactions/create"]
+                Webhook("order_transactions/create", p) for p in hooks["order_transactions/create"]
             )
         else:
             # Shopify refuses a refund onto a deactivated card; the shop's tooling may still
@@ -541,55 +1105,56 @@ class ConservationMachine(RuleBasedStateMachine):
                 "order_id": order.legacy_id,
                 "transactions": [refund_txn],
             }
-            self.pending.append(Webhook("refunds/create", refund_body, number))
-            self.pending.append(Webhook("order_transactions/create", refund_txn, number))
-        payment.refunds.append((txn_id, amount))
+            self.pending.append(Webhook("refunds/create", refund_body))
+            self.pending.append(Webhook("order_transactions/create", refund_txn))
+        payment.refunds.append(Refund(txn_id, amount, credited=enabled))
         event(f"refund to {payment.kind} card ({'enabled' if enabled else 'deactivated'})")
         if payment.kind == "omni":
             self.omni[payment.index].total_minor += amount
+        elif enabled:
+            self.shadows[payment.index].spent -= amount
+        else:
+            self.shadows[payment.index].refunds_reported_only += amount
+        if payment.kind == "shadow" and enabled:
+            self.shadows[payment.index].refunds_credited += amount
 
-    @precondition(
-        lambda self: any(
-            not o.cancelled
-            and not o.may_have_captured
-            and any(p.kind == "shadow" for p in o.payments)
-            for o in self.orders
-        )
-    )
-    @rule(data=st.data())
-    @step
-    def cancel_order(self, data: st.DataObject) -> None:
-        """Cancelled before any capture could run: everything is refunded, the holds freed."""
-        choices = [
+    def _cancellable(self) -> list[Order]:
+        return [
             o
             for o in self.orders
             if not o.cancelled
-            and not o.may_have_captured
             and any(p.kind == "shadow" for p in o.payments)
+            and not any(p.status == "PENDING" for p in o.payments)
         ]
-        order = data.draw(st.sampled_from(choices))
+
+    @rule(data=st.data())
+    @when(lambda self: bool(self._cancellable()))
+    @step
+    def cancel_order(self, data: st.DataObject) -> None:
+        """Cancelled at any time: everything paid goes back to the cards (or, once a card is
+        dead, to staff); the cancellation closes the cards it was paid with."""
+        order = data.draw(st.sampled_from(self._cancellable()), label="order")
         for payment in order.payments:
             if payment.refundable_minor > 0:
                 self._refund(order, payment, payment.refundable_minor)
         order.cancelled = True
-        event("order cancelled before capture")
         for payment in order.payments:
-            if payment.kind == "shadow":
-                self.shadows[payment.index].state = "cancelled"
-        self.pending.append(
-            Webhook("orders/cancelled", order.paid_payload, self.orders.index(order))
-        )
+            if payment.kind == "shadow" and payment.status == "SUCCESS":
+                shadow = self.shadows[payment.index]
+                shadow.closes.add("released")
+                event(f"order cancelled, its card {shadow.state}")
+        self.pending.append(Webhook("orders/cancelled", order.paid_payload))
 
     # --- webhooks and the worker --------------------------------------------------------------
 
-    @precondition(lambda self: bool(self.pending))
     @rule(data=st.data())
+    @when(lambda self: bool(self.pending))
     @step
     def deliver_webhook(self, data: st.DataObject) -> None:
         """Any pending webhook (so out of order), sometimes delivered twice."""
         pick = data.draw(st.integers(0, len(self.pending) - 1), label="pending webhook")
         repeat = data.draw(st.sampled_from(REPEATS), label="duplicate")
-        event(f"webhook delivered out of a queue of {min(len(self.pending), 3)}+: {repeat}")
+        event(f"webhook delivered: {repeat}")
         self.run(self._deliver(self.pending.pop(pick), repeat))
 
     async def _deliver(self, hook: Webhook, repeat: str) -> None:
@@ -606,18 +1171,15 @@ class ConservationMachine(RuleBasedStateMachine):
             )
         elif repeat == "again":  # a duplicate the inbox cannot tell apart: handlers must
             assert await world.deliver(hook.topic, hook.payload)
-        if hook.order is not None and hook.topic in ("orders/paid", "order_transactions/create"):
-            self.orders[hook.order].charge_delivered = True
 
     @rule(one=st.booleans())
     @step
     def run_due_jobs(self, one: bool) -> None:
         """The worker runs its next job, or one pass over all of them."""
         self.run(self.world.run_due(limit=1 if one else 100))
-        self.jobs_ran()
 
-    @precondition(lambda self: self.jobs_due())
     @rule(data=st.data())
+    @when(lambda self: self.jobs_pending)
     @step
     def worker_crashes_mid_job(self, data: st.DataObject) -> None:
         """A worker claims a job, does all its work (or none), and dies before marking it done.
@@ -631,28 +1193,25 @@ class ConservationMachine(RuleBasedStateMachine):
         event(f"crash {'before' if before_doing_it else 'after'} doing {kind}")
         if taken_over_now:
             self.run(self.world.run_due())
-        self.jobs_ran()
 
-    @precondition(lambda self: self.lost_answer_steps < MAX_LOST_ANSWER_STEPS and self.jobs_due())
-    @rule(upstream=st.sampled_from(["vii", "shopify", "lightspeed"]), then_the_rest=st.booleans())
+    @rule(
+        upstream=st.sampled_from(["vii", "shopify", "lightspeed"]),
+        failing=st.booleans(),
+        then_the_rest=st.booleans(),
+    )
+    @when(lambda self: self.jobs_pending)
     @step
-    def job_loses_an_upstream_answer(self, upstream: str, then_the_rest: bool) -> None:
-        """The next job's writes to one upstream apply, but their answers never come back."""
-        self.lost_answer_steps += 1
+    def job_meets_a_fault(self, upstream: str, failing: bool, then_the_rest: bool) -> None:
+        """The next job's writes to one upstream apply but their answers are lost, or that
+        upstream fails (503, nothing applied)."""
         world = self.world
-        sim = {"vii": world.vii_sim, "shopify": world.shop_sim, "lightspeed": world.ls_sim}[
-            upstream
-        ]
-        sim.faults.lose_answer_rate = 1.0
-        try:
-            queue = self.run(world.queue())
-            event(f"{upstream} answer lost during {queue[0][0] if queue else 'no job'}")
+        self.fault(f"job: {upstream} {'failing' if failing else 'answer lost'}")
+        queue = self.run(world.queue())
+        event(f"{upstream} {'failing' if failing else 'lost'} during {queue[0][0]}")
+        with world.failing(upstream) if failing else world.answers_lost(upstream):
             self.run(world.run_due(limit=1))
-        finally:
-            sim.faults.lose_answer_rate = 0.0
         if then_the_rest:
             self.run(world.run_due())
-        self.jobs_ran()
 
     @rule(pos=st.booleans(), shopify=st.booleans())
     @step
@@ -663,8 +1222,8 @@ class ConservationMachine(RuleBasedStateMachine):
         if shopify or not pos:
             self.run(pollers.poll_shopify())
 
-    @precondition(lambda self: self.steps_since_settle >= 2)
     @rule(dry_run=st.booleans(), then_jobs=st.booleans())
+    @when(lambda self: self.steps_since_settle >= 2)
     @step
     def reconcile(self, dry_run: bool, then_jobs: bool) -> None:
         """A reconcile at any moment, events still in flight; a dry run writes nothing."""
@@ -676,29 +1235,30 @@ class ConservationMachine(RuleBasedStateMachine):
         self.run(self.world.reconcile())
         if then_jobs:
             self.run(self.world.run_due())
-            self.jobs_ran()
 
-    @precondition(lambda self: self.steps_since_settle >= STEPS_BETWEEN_SETTLES)
-    @rule(reconcile_first=st.booleans(), newest_webhooks_first=st.booleans())
+    @rule(newest_webhooks_first=st.booleans())
+    @when(lambda self: self.steps_since_settle >= STEPS_BETWEEN_SETTLES)
     @step
-    def settle_and_check(self, reconcile_first: bool, newest_webhooks_first: bool) -> None:
-        """Let everything land (reconcile may race the events), then compare with the model."""
-        if reconcile_first:
-            self.run(self.world.reconcile())
+    def settle_and_check(self, newest_webhooks_first: bool) -> None:
+        """Let everything land, then compare with the model."""
         if newest_webhooks_first:
             self.pending.reverse()
         self.run(self._settle_and_check())
 
     # --- omni cards ---------------------------------------------------------------------------
 
-    @rule(online=st.booleans(), amount=st.integers(100, 10_000))
+    @rule(data=st.data(), move=st.sampled_from(["new card", "in store", "in Shopify"]))
     @step
-    def new_omni_card(self, online: bool, amount: int) -> None:
-        """A gift card sold at the till, or bought in a Shopify order."""
-        if online:
-            self._buy_online(amount)
+    def omni_activity(self, data: st.DataObject, move: str) -> None:
+        """An omni card is sold (at the till or online), used in store, or adjusted in Shopify."""
+        if move == "in store" and self.omni_on("pos"):
+            self._in_store(data)
+        elif move == "in Shopify" and self.omni_on("shopify"):
+            self._adjust_in_shopify(data)
+        elif data.draw(st.booleans(), label="bought online"):
+            self._buy_online(data.draw(st.integers(100, 10_000), label="amount (minor units)"))
         else:
-            self._sell_in_store(amount)
+            self._sell_in_store(data.draw(st.integers(100, 10_000), label="amount (minor units)"))
 
     def _sell_in_store(self, amount: int) -> None:
         self.serials += 1
@@ -710,16 +1270,12 @@ class ConservationMachine(RuleBasedStateMachine):
         order = self.world.shop_sim.create_order([], [money(amount)])
         self.omni.append(OmniCard(amount, gid=order["purchased_gift_cards"][0]["id"]))
         hooks = order["webhooks"]
-        self.pending.append(Webhook("orders/paid", hooks["orders/paid"], None))
+        self.pending.append(Webhook("orders/paid", hooks["orders/paid"]))
         self.pending.extend(
-            Webhook("order_transactions/create", p, None)
-            for p in hooks["order_transactions/create"]
+            Webhook("order_transactions/create", p) for p in hooks["order_transactions/create"]
         )
 
-    @precondition(lambda self: bool(self.omni_on("pos")))
-    @rule(data=st.data())
-    @step
-    def in_store(self, data: st.DataObject) -> None:
+    def _in_store(self, data: st.DataObject) -> None:
         """A POS sale paid with the card, or a top-up paid in cash."""
         card = self.omni[data.draw(st.sampled_from(self.omni_on("pos")), label="omni card")]
         assert card.pos_id is not None
@@ -735,10 +1291,7 @@ class ConservationMachine(RuleBasedStateMachine):
             self.world.ls_sim.spend_in_store(card.pos_id, money(amount))
             card.total_minor -= amount
 
-    @precondition(lambda self: bool(self.omni_on("shopify")))
-    @rule(data=st.data())
-    @step
-    def adjust_in_shopify(self, data: st.DataObject) -> None:
+    def _adjust_in_shopify(self, data: st.DataObject) -> None:
         """Spent or credited in Shopify with no webhook (admin adjustment, another app)."""
         cards = self.omni_on("shopify")
         card = self.omni[data.draw(st.sampled_from(cards), label="omni card")]
@@ -758,13 +1311,13 @@ class ConservationMachine(RuleBasedStateMachine):
             self.world.shop_sim.spend(card.gid, money(amount))
             card.total_minor -= amount
 
-    @precondition(
+    @rule(data=st.data(), first=PERCENT, second=PERCENT, poll_between=st.booleans())
+    @when(
         lambda self: (
             self.steps_since_settle >= STEPS_BETWEEN_SETTLES
             and any(c.gid and c.pos_id for c in self.omni)
         )
     )
-    @rule(data=st.data(), first=PERCENT, second=PERCENT, poll_between=st.booleans())
     @step
     def overdraw_on_both_sides(
         self, data: st.DataObject, first: int, second: int, poll_between: bool
@@ -813,105 +1366,92 @@ class ConservationMachine(RuleBasedStateMachine):
     # --- invariants ---------------------------------------------------------------------------
 
     @invariant()
-    def spendable_shadow_money_is_held_on_vii(self) -> None:
-        """Never free Vii funds while the Shopify card can still be spent (DESIGN 1.B)."""
+    def open_holds_cover_spent_and_spendable(self) -> None:
+        """While a card is open, its Vii hold plus what was taken covers what its Shopify card
+        spent plus what it can still spend (issue 12), whatever is in flight."""
         try:
-            self._check_holds_back_shadow_cards()
+            self._check_holds_cover()
         except BaseException:
             self.broken = True
             raise
 
-    def _check_holds_back_shadow_cards(self) -> None:
-        rows = self.run(
-            self.world.rows(
-                "SELECT id, state, hold_code, shopify_gift_card_id FROM shadow_cards "
-                "WHERE state <> 'captured'"
-            )
-        )
-        numbers = {s.shadow_id: self.vii[s.vii].number for s in self.shadows}
-        for row in rows:
-            card = self.world.shop_sim.card(row.shopify_gift_card_id)
-            if not card["enabled"] or card["balance"] <= 0:
+    def _check_holds_cover(self) -> None:
+        for shadow in self.shadows:
+            row = self.rows[shadow.shadow_id]
+            if row.settled_at is not None or row.undoing:
+                continue  # settled: checked exactly; a capture being undone: in flight
+            card = self.world.shop_sim.card(shadow.gid)
+            spendable = minor(card["balance"]) if card["enabled"] else 0
+            if row.undone and spendable == 0:
+                # Known gap (tests/sync/shadow/test_found_by_conservation.py, xfail): an Undo
+                # gives the money back to the Vii card, not to the hold, until the capture is
+                # sent again. Whether it then took it all is checked when the card settles.
                 continue
-            holds = self.world.vii_sim.open_holds(numbers[str(row.id)])
-            assert row.hold_code in holds, (
-                f"shadow card {row.id} ({row.state}) can spend {card['balance']} in Shopify "
-                "but its Vii hold is closed"
+            backed = self.held_by(shadow.vii, row.hold_code) + row.captured_amount_minor
+            assert backed >= shadow.spent + spendable, (
+                f"shadow card {shadow.shadow_id} ({shadow.state}) spent {money(shadow.spent)} "
+                f"and can spend {money(spendable)}, but Vii holds "
+                f"{money(self.held_by(shadow.vii, row.hold_code))} and took "
+                f"{money(row.captured_amount_minor)}"
             )
-            assert holds[row.hold_code] >= card["balance"], (
-                f"shadow card {row.id} can spend {card['balance']}, Vii holds "
-                f"{holds[row.hold_code]}"
-            )
+        for ghost in self.ghosts:
+            row = self.rows[ghost.shadow_id]
+            if row.settled_at is not None:
+                continue
+            for card_id in self.world.shop_sim.shop.gift_cards:
+                card = self.world.shop_sim.card(card_id)
+                if card["note"] == f"shadow:{ghost.shadow_id}" and card["enabled"]:
+                    # Its code was never given out, yet the card must stay backed until the
+                    # worker has deactivated it.
+                    assert self.held_by(ghost.vii, row.hold_code) >= minor(card["balance"]), ghost
+
+    # --- settling -----------------------------------------------------------------------------
 
     async def _settle_and_check(self) -> None:
         self.steps_since_settle = 0
         world = self.world
         while self.pending:
-            hook = self.pending.pop(0)
-            await self._deliver(hook, "once")
-        # Ends with a reconcile that repaired nothing and left nothing queued.
-        quiet = await world.settle()
-        self.jobs_ran()
-        assert quiet["findings"] == 0, quiet
-        for card in self.vii:
-            card.captured_minor = 0
+            await self._deliver(self.pending.pop(0), "once")
+        reconciles = await world.settle()
+        faults, self.faults_since_settle = self.faults_since_settle, []
+        event(f"settled after {'faults' if faults else 'no fault'}")
+        if not faults:
+            # The live paths did all the work: the first reconcile has nothing to repair.
+            first = reconciles[0]
+            assert (first.get("repaired", 0), first.get("findings", 0)) == (0, 0), reconciles
+        assert reconciles[-1].get("findings", 0) == 0, reconciles
+        await self._observe()
         for shadow in self.shadows:
-            if shadow.state == "paid":
-                self.vii[shadow.vii].captured_minor += shadow.charged_minor
+            if shadow.closes:
+                assert shadow.settled, f"asked to close ({shadow.closes}) but not settled: {shadow}"
+            else:
+                assert shadow.state == "applied", shadow
+        for ghost in self.ghosts:
+            assert ghost.settled, f"a failed apply was never reversed: {ghost}"
         await self._check_vii()
-        await self._check_shadow_cards()
         await self._check_omni()
         await self._check_findings()
         await self._check_ledger_against_upstreams()
 
     async def _check_vii(self) -> None:
         sim = self.world.vii_sim
-        rows = await self.world.rows(
-            "SELECT id, hold_code FROM shadow_cards WHERE state = 'applied'"
-        )
-        holds_of = {str(r.id): r.hold_code for r in rows}
         for index, card in enumerate(self.vii):
-            expected = card.initial_minor - card.captured_minor - card.spent_elsewhere_minor
+            mine = [s for s in self.shadows if s.vii == index]
+            captured = sum(s.captured for s in mine)
+            expected = card.initial_minor - captured - card.spent_elsewhere_minor
             assert minor(sim.balance(card.number)) == expected, (
                 f"Vii card {index}: balance {sim.balance(card.number)}, expected "
                 f"{money(expected)} (initial {money(card.initial_minor)}, captured "
-                f"{money(card.captured_minor)}, spent elsewhere "
-                f"{money(card.spent_elsewhere_minor)})"
+                f"{money(captured)}, spent elsewhere {money(card.spent_elsewhere_minor)})"
             )
-            live = [s for s in self.live_shadows() if s.vii == index]
-            open_holds = sim.open_holds(card.number)
-            assert set(open_holds) == {holds_of[s.shadow_id] for s in live}, (
-                f"Vii card {index}: open holds {open_holds}, live shadow cards "
-                f"{[(s.shadow_id, s.applied_minor) for s in live]}"
+            live = {s.hold_code: s.held for s in mine if s.state == "applied" and s.held > 0}
+            open_holds = {
+                code: minor(amount) for code, amount in sim.open_holds(card.number).items()
+            }
+            assert open_holds == live, (
+                f"Vii card {index}: open holds {open_holds}, live shadow cards hold {live}"
             )
-            for shadow in live:
-                assert minor(open_holds[holds_of[shadow.shadow_id]]) >= shadow.applied_minor
-
-    async def _check_shadow_cards(self) -> None:
-        rows = {
-            str(r.id): r
-            for r in await self.world.rows(
-                "SELECT id, state, captured_amount_minor, pin_ciphertext IS NULL AS no_pin, "
-                "card_number_ciphertext IS NULL AS no_number FROM shadow_cards"
-            )
-        }
-        assert set(rows) == {s.shadow_id for s in self.shadows}, "shadow cards the model never saw"
-        for shadow in self.shadows:
-            row = rows[shadow.shadow_id]
-            card = self.world.shop_sim.card(shadow.gid)
-            live = shadow.state == "applied"
-            assert row.state == DB_STATE[shadow.state], (shadow, row.state)
-            assert card["enabled"] is live, (shadow, card["enabled"])
-            assert row.no_pin is not live and row.no_number is not live, shadow
-            captured = shadow.charged_minor if shadow.state == "paid" else 0
-            assert row.captured_amount_minor == captured, (shadow, row.captured_amount_minor)
-            if live:
-                assert minor(card["balance"]) == shadow.applied_minor, (shadow, card["balance"])
-        known = {s.gid for s in self.shadows}
-        for card_id in self.world.shop_sim.shop.gift_cards:
-            card = self.world.shop_sim.card(card_id)
-            if (card["note"] or "").startswith("shadow:") and card["id"] not in known:
-                assert not card["enabled"], f"a live shadow card no checkout has: {card['id']}"
+            assert self.expected_available(index) == minor(sim.available(card.number))
 
     async def _check_omni(self) -> None:
         for number, card in enumerate(self.omni):
@@ -929,40 +1469,66 @@ class ConservationMachine(RuleBasedStateMachine):
             )
 
     async def _check_findings(self) -> None:
-        expected: set[tuple[str, str]] = set()
-        for order in self.orders:
-            if order.cancelled:
-                continue
-            for payment in order.payments:
-                if payment.kind == "shadow":
-                    expected |= {
-                        ("refund_needs_staff", f"order:{order.legacy_id}:txn:{txn}")
-                        for txn, _ in payment.refunds
-                    }
+        """Open findings are exactly the ones the model expects, for exactly their amounts."""
+        found = await self.world.rows(
+            "SELECT type, subject, evidence FROM findings WHERE resolved_at IS NULL ORDER BY id"
+        )
+        expected = await self._staff_refunds()
+        unexpected = []
+        for finding in found:
+            if finding.type == "refund_needs_staff" and finding.subject.endswith(":over-captured"):
+                continue  # checked with its card at the close
+            if finding.type == "refund_needs_staff":
+                assert expected.pop(finding.subject, None) == minor(finding.evidence["amount"]), (
+                    finding
+                )
+            elif finding.type != "overdraft":  # overdrafts: checked below
+                unexpected.append((finding.type, finding.subject, finding.evidence))
+        assert not unexpected, f"unexpected findings: {unexpected}"
+        assert not expected, f"refunds staff should give back, with no finding: {expected}"
         links = await self.world.rows(
             "SELECT card_id, external_id FROM card_links WHERE system = 'shopify'"
         )
         card_of = {r.external_id: str(r.card_id) for r in links}
-        expected |= {
-            ("overdraft", f"card:{card_of[c.gid]}") for c in self.omni if c.overdrawn and c.gid
-        }
-        found = await self.world.rows(
-            "SELECT type, subject, evidence, resolved_at FROM findings ORDER BY id"
+        overdrafts = {f.subject for f in found if f.type == "overdraft"}
+        assert overdrafts == {
+            f"card:{card_of[c.gid]}" for c in self.omni if c.overdrawn and c.gid
+        }, overdrafts
+
+    async def _staff_refunds(self) -> dict[str, int]:
+        """Refund subject -> what staff must give back (DESIGN 1.B): Vii has no refund, so what
+        was reported for a settled card beyond what Shopify credited to it before the close.
+
+        The credits cover the reports in the order giftsync heard of them, so which report
+        carries the shortfall follows that order; the amounts are the model's own.
+        """
+        amounts: dict[str, int] = {}
+        for order in self.orders:
+            for payment in order.payments:
+                if payment.kind == "shadow":
+                    for refund in payment.refunds:
+                        amounts[f"order:{order.legacy_id}:txn:{refund.txn_id}"] = (
+                            refund.amount_minor
+                        )
+        heard = await self.world.rows(
+            "SELECT card_id, idempotency_key, detail FROM ledger WHERE cause = 'refund_seen' "
+            "ORDER BY id"
         )
-        open_found = {(f.type, f.subject) for f in found if f.resolved_at is None}
-        assert open_found == expected, (
-            f"unexpected findings {open_found - expected}, missing {expected - open_found}: "
-            f"{[(f.type, f.subject, f.evidence) for f in found]}"
-        )
-        refunds = {
-            f"order:{order.legacy_id}:txn:{txn}": amount
-            for order in self.orders
-            for payment in order.payments
-            for txn, amount in payment.refunds
-        }
-        for finding in found:
-            if finding.type == "refund_needs_staff":
-                assert minor(finding.evidence["amount"]) == refunds[finding.subject]
+        expected: dict[str, int] = {}
+        for shadow in self.shadows:
+            if not shadow.settled:
+                continue
+            covered = shadow.refunds_credited
+            for note in (n for n in heard if str(n.card_id) == shadow.card_id):
+                subject = note.idempotency_key.removesuffix(":refund")
+                assert int(note.detail["amount_minor"]) == amounts[subject], (note, amounts)
+                taken = min(amounts[subject], covered)
+                covered -= taken
+                if amounts[subject] > taken:
+                    expected[subject] = amounts[subject] - taken
+        total = sum(expected.values())
+        assert total == sum(s.refunds_reported_only for s in self.shadows), (expected, total)
+        return expected
 
     async def _check_ledger_against_upstreams(self) -> None:
         """Each upstream move giftsync made is one ledger entry, and each ledger move landed once."""
@@ -1052,29 +1618,63 @@ class ConservationMachine(RuleBasedStateMachine):
                 # Only a checkout that failed after Shopify created its card has no entry.
                 assert not state.enabled, f"Shopify card {state.id} ({key}) was never recorded"
         assert all(n == 1 for n in created.values()), created
-        # Vii: what giftsync recorded as captured is what Vii took.
+        # Vii: what giftsync recorded as captured is what the model says Vii took.
         captures: defaultdict[str, int] = defaultdict(int)
         for entry in ledger.values():
             if entry.system == "vii" and entry.cause == "capture":
                 captures[str(entry.card_id)] += entry.amount_minor
         for shadow in self.shadows:
-            expected = -shadow.charged_minor if shadow.state == "paid" else 0
-            assert captures.get(shadow.card_id, 0) == expected, (
+            assert captures.get(shadow.card_id, 0) == -shadow.captured, (
                 shadow,
                 captures.get(shadow.card_id),
             )
 
 
-@pytest.fixture(autouse=True)
-def _database(database_url: str) -> None:
+async def _explode(*args: Any, **kwargs: Any) -> None:
+    raise InjectedFault("while recording the applied card")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_loop_and_engine(database_url: str, engine: AsyncEngine) -> Iterator[None]:
+    """One event loop and engine for every example (the `engine` fixture migrated the schema).
+
+    Commits do not wait for the disk (a test database survives no crash anyway): a history
+    makes hundreds, and the flush was the larger part of each. Logging plain and from warnings
+    up while it runs: structlog's development default renders
+    each unexpected exception (the machine forces many) with every local, seconds apiece.
+    """
+    previous = structlog.get_config()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.format_exc_info,
+            structlog.processors.KeyValueRenderer(key_order=["event"]),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVEL),
+        logger_factory=structlog.PrintLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+    runner = asyncio.Runner(loop_factory=asyncio.new_event_loop)
+    ConservationMachine.runner = runner
     ConservationMachine.database_url = database_url
+    ConservationMachine.engine = create_engine(database_url)
+    no_flush_wait(ConservationMachine.engine)
+    try:
+        yield
+    finally:
+        runner.run(ConservationMachine.engine.dispose())
+        runner.close()
+        structlog.configure(**previous)
 
 
 TestMoneyConservation = ConservationMachine.TestCase
 TestMoneyConservation.settings = settings(
-    max_examples=16,
-    stateful_step_count=50,
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
     deadline=None,
-    derandomize=True,
+    derandomize=not os.environ.get("CONSERVATION_RANDOM"),
     suppress_health_check=list(HealthCheck),
+    phases=[
+        p for p in Phase if p is not Phase.shrink or not os.environ.get("CONSERVATION_NO_SHRINK")
+    ],
 )

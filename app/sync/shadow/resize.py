@@ -124,6 +124,10 @@ async def _rehold(
     assert request.pin is not None
     # Nothing may be spent while no hold backs the card: empty it first.
     await card_moves.move(deps, session, live, -balance, "rehold-empty")
+    async with session.begin():
+        # The old hold is about to be taken and cancelled: a lost answer below may have used
+        # it up, so from here the card counts on no hold until a new one is confirmed.
+        await rows.set_fields(session, live.id, hold_amount_minor=0)
     live = await _fresh(session, live.id)
     try:
         # The card is empty now, so all it was given and not yet taken was spent.

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.clients.errors import UnknownOutcome, UpstreamRejected
-from app.clients.vii import ViiHoldNotFound
+from app.clients.vii import ViiHoldNotFound, ViiInsufficientFunds
 from app.db import jobs, records
 from app.db import shadow_cards as rows
 from app.db.sql import sql
@@ -68,9 +68,10 @@ async def capture(
             raise CaptureUnconfirmed("Vii did not answer a capture; undoing it first") from None
         except UpstreamRejected as exc:
             await _disarm(session, tran_id)
-            if hold_code is not None and isinstance(exc, ViiHoldNotFound):
-                # The hold is gone (Vii let it lapse): the shopper spent it on Shopify, so
-                # the card itself is charged.
+            if hold_code is not None and isinstance(exc, ViiHoldNotFound | ViiInsufficientFunds):
+                # The hold is gone (Vii let it lapse) or no longer covers the amount (an Undo
+                # of a capture whose answer was lost gave the money back to the card, not to
+                # the hold): the shopper spent it on Shopify, so the card itself is charged.
                 log.warning("shadow_capture_hold_gone", shadow_id=str(row.id))
                 hold_code = None
                 continue
