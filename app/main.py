@@ -9,11 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.activity import RequestActivity
+from app.console import install_console
 from app.logging import configure_logging, get_logger
+from app.merchant_settings import apply_stored
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
 from app.response_headers import ResponseHeadersMiddleware
-from app.routers import checkout, demo, health, internal, webhooks
+from app.routers import checkout, demo, health, internal, internal_lists, webhooks
+from app.routers.docs import install_docs
 from app.routers.operator_auth import AuditMiddleware
 from app.runtime import Runtime, build_runtime
 from app.settings import load_settings
@@ -41,6 +44,8 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         settings = load_settings()
         configure_logging(settings.log_level, json=settings.log_json)
         owned = await build_runtime(settings)
+        # Settings saved in the console outrank the environment (lead: move into build_runtime).
+        await apply_stored(owned, owned.sessions)
         app.state.runtime = owned
         if run_worker:
             await owned.start_worker(gives_way_to=activity)
@@ -54,6 +59,9 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         version="0.1.0",
         summary="One gift card, spendable in Shopify, Lightspeed and Vii.",
         lifespan=lifespan,
+        # Served by app/routers/docs.py from local files: no CDN (issue 17).
+        docs_url=None,
+        redoc_url=None,
     )
     if runtime is not None:
         app.state.runtime = runtime
@@ -66,7 +74,12 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     app.include_router(webhooks.router)
     app.include_router(checkout.router)
     app.include_router(demo.router)
+    # First: its GET /internal/jobs (explicit state) replaces internal.py's until that is deleted.
+    app.include_router(internal_lists.router)
     app.include_router(internal.router)
+    internal_lists.drop_shadowed_routes(app)
+    install_docs(app)
+    install_console(app)
     demo.mount_static(app)
     return app
 
