@@ -74,10 +74,10 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     app.include_router(webhooks.router)
     app.include_router(checkout.router)
     app.include_router(demo.router)
-    # First: its GET /internal/jobs (explicit state) replaces internal.py's until that is deleted.
-    app.include_router(internal_lists.router)
+    # Its GET /internal/jobs (explicit state) replaces internal.py's until that one is deleted.
+    internal_lists.take_over_from(internal.router)
     app.include_router(internal.router)
-    internal_lists.drop_shadowed_routes(app)
+    app.include_router(internal_lists.router)
     install_docs(app)
     install_console(app)
     demo.mount_static(app)

@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -288,20 +288,18 @@ async def retry_finding(
     return RunStarted(runId=run_id)
 
 
-def drop_shadowed_routes(app: FastAPI) -> None:
-    """Keep only the first route for each path and method, in the app and in its OpenAPI.
+def take_over_from(other: APIRouter) -> None:
+    """Remove from `other` the routes this router answers (same path and method).
 
-    This router's `GET /internal/jobs` (state required) is included before `app/routers/
-    internal.py`, whose own version defaults to dead jobs; until that one is deleted, it is
-    dropped here so the schema shows the route that answers.
+    `app/routers/internal.py` has its own `GET /internal/jobs`, defaulting to dead jobs; until
+    it is deleted there, the app is built without it, so the route that answers is the one the
+    schema shows.
     """
-    seen: set[tuple[str, str]] = set()
-    kept = []
-    for route in app.router.routes:
-        if isinstance(route, APIRoute):
-            keys = {(route.path, method) for method in route.methods or ()}
-            if keys & seen:
-                continue
-            seen |= keys
-        kept.append(route)
-    app.router.routes[:] = kept
+
+    def keys(route: APIRoute) -> set[tuple[str, str]]:
+        return {(route.path, method) for method in route.methods or ()}
+
+    ours = set().union(*(keys(r) for r in router.routes if isinstance(r, APIRoute)))
+    other.routes[:] = [
+        route for route in other.routes if not (isinstance(route, APIRoute) and keys(route) & ours)
+    ]
