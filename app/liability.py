@@ -2,8 +2,8 @@
 
 Balances are what giftsync last saw in each system (`card_links.last_seen_balance_minor`, kept
 by every sync and reconcile), the agreed balance is `sync_base`, and open Vii holds are the
-hold amounts of shadow cards not yet settled. Totals count active cards: a deactivated card
-cannot be spent. Totals that should agree and do not are flagged: Shopify against the POS for
+hold amounts of shadow cards not yet settled. Totals count what can be spent: active cards, and
+in each system only where that system has not disabled the card. Totals that should agree and do not are flagged: Shopify against the POS for
 omni cards (and both against the agreed balance), and Shopify shadow cards against the Vii
 holds that stand behind them.
 """
@@ -29,8 +29,10 @@ CSV_COLUMNS = (
     "state",
     "currency",
     "shopify",
+    "shopify_status",
     "pos_system",
     "pos",
+    "pos_status",
     "vii_hold",
     "agreed",
     "disagrees",
@@ -38,8 +40,9 @@ CSV_COLUMNS = (
 
 _PER_CARD = """
     SELECT g.id, g.kind, g.state, g.currency,
-           shop.last_seen_balance_minor AS shopify,
+           shop.last_seen_balance_minor AS shopify, shop.last_seen_status AS shopify_status,
            pos.system AS pos_system, pos.last_seen_balance_minor AS pos,
+           pos.last_seen_status AS pos_status,
            COALESCE(h.hold_minor, 0) AS vii_hold,
            b.balance_minor AS agreed
     FROM gift_cards g
@@ -60,10 +63,20 @@ class CardLiability:
     state: str
     currency: str
     shopify: int | None
+    shopify_status: str | None
     pos_system: str | None
     pos: int | None
+    pos_status: str | None
     vii_hold: int
     agreed: int | None
+
+    @property
+    def shopify_outstanding(self) -> int:
+        return 0 if self.shopify_status == "disabled" else self.shopify or 0
+
+    @property
+    def pos_outstanding(self) -> int:
+        return 0 if self.pos_status == "disabled" else self.pos or 0
 
     @property
     def disagrees(self) -> bool:
@@ -71,9 +84,10 @@ class CardLiability:
         if self.state != "active":
             return False
         if self.kind == "omni":
-            seen = [v for v in (self.shopify, self.pos) if v is not None]
-            return len(seen) == 2 and seen[0] != seen[1]
-        return (self.shopify or 0) > self.vii_hold
+            if self.shopify is None or self.pos is None:
+                return False  # one side only: reconcile reports the missing link
+            return self.shopify_outstanding != self.pos_outstanding
+        return self.shopify_outstanding > self.vii_hold
 
     def csv_row(self) -> list[str]:
         return [
@@ -82,8 +96,10 @@ class CardLiability:
             self.state,
             self.currency,
             _money(self.shopify),
+            self.shopify_status or "",
             self.pos_system or "",
             _money(self.pos),
+            self.pos_status or "",
             format_minor(self.vii_hold),
             _money(self.agreed),
             "yes" if self.disagrees else "no",
@@ -110,11 +126,11 @@ class Totals:
     def add(self, card: CardLiability) -> None:
         self.cards += 1
         if card.kind == "omni":
-            self.shopify_omni += card.shopify or 0
-            self.pos += card.pos or 0
+            self.shopify_omni += card.shopify_outstanding
+            self.pos += card.pos_outstanding
             self.agreed += card.agreed or 0
         else:
-            self.shopify_shadow += card.shopify or 0
+            self.shopify_shadow += card.shopify_outstanding
         self.vii_holds += card.vii_hold
 
     def judge(self, has_pos: bool) -> None:
@@ -179,8 +195,8 @@ async def report(sessions: SessionFactory, *, has_pos: bool) -> Report:
             key = (card.kind, card.state, card.currency)
             row = states.setdefault(key, [0, 0, 0, 0])
             row[0] += 1
-            row[1] += card.shopify or 0
-            row[2] += card.pos or 0
+            row[1] += card.shopify_outstanding
+            row[2] += card.pos_outstanding
             row[3] += card.vii_hold
             if card.state == "active":
                 totals.setdefault(card.currency, Totals(card.currency)).add(card)

@@ -9,7 +9,8 @@ Content-Type`, never credentials, on preflights and on every answer including pr
 
 Every answer carries a Content-Security-Policy without 'unsafe-inline' (issue 17): pages load
 their scripts and styles from giftsync itself, and a page that needs an inline element (the API
-docs' Redoc injects its styles) marks it with the request's nonce, `request.state.csp_nonce`.
+docs' Redoc injects its styles) marks it with the request's nonce, `request.state.csp_nonce`,
+or names the exact styles it needs by hash in `request.state.csp_style_hashes`.
 HTML pages may not be framed (`frame-ancestors 'none'`, and X-Frame-Options for old browsers).
 """
 
@@ -46,13 +47,15 @@ _FRAME_DENY = (b"x-frame-options", b"DENY")
 _CONNECT = {"/demo/checkout": "'self' http: https:"}
 
 
-def page_policy(nonce: str, path: str) -> str:
-    """The CSP of an HTML page: giftsync's own files, and inline only with this nonce."""
+def page_policy(nonce: str, path: str, style_hashes: tuple[str, ...] = ()) -> str:
+    """The CSP of an HTML page: giftsync's own files, and inline only with this nonce (or, for
+    a style a page names by its hash, that exact style)."""
     connect = _CONNECT.get(path, "'self'")
+    styles = "".join(f" '{digest}'" for digest in style_hashes)
     return (
         "default-src 'self'; "
         f"script-src 'self' 'nonce-{nonce}'; "
-        f"style-src 'self' 'nonce-{nonce}'; "
+        f"style-src 'self' 'nonce-{nonce}'{styles}; "
         "img-src 'self' data:; "
         "font-src 'self'; "
         f"connect-src {connect}; "
@@ -93,13 +96,15 @@ class ResponseHeadersMiddleware:
             return
         added = [*extra, *(_CORS if cors else [])]
         nonce = secrets.token_urlsafe(16)
-        scope.setdefault("state", {})["csp_nonce"] = nonce
+        state = scope.setdefault("state", {})
+        state["csp_nonce"] = nonce
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if _is_html(headers):
-                    policy = page_policy(nonce, scope["path"]).encode()
+                    hashes = tuple(state.get("csp_style_hashes", ()))
+                    policy = page_policy(nonce, scope["path"], hashes).encode()
                     csp = [(b"content-security-policy", policy), _FRAME_DENY]
                 else:
                     csp = [_CSP_OTHER]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from app import findings as finding_actions
+from app.console.explain import evidence_rows, explain
 from app.console.web import SignedIn, form_field, render, see_other
 from app.db import lists
 from app.db.engine import transaction
@@ -81,9 +82,21 @@ async def finding_page(
     return render(
         request,
         "finding.html",
-        {"f": row, "message": _DONE.get(done or ""), "error": None},
+        _finding_context(row, message=_DONE.get(done or "")),
         operator=operator,
     )
+
+
+def _finding_context(
+    row: lists.FindingRow, *, message: str | None = None, error: str | None = None
+) -> dict[str, Any]:
+    return {
+        "f": row,
+        "why": explain(row.type),
+        "evidence": evidence_rows(row.evidence),
+        "message": message,
+        "error": error,
+    }
 
 
 @router.post("/findings/{finding_id}/resolve", response_model=None)
@@ -102,7 +115,7 @@ async def resolve_finding(
         return render(
             request,
             "finding.html",
-            {"f": row, "message": None, "error": "Say what was done: a note is required."},
+            _finding_context(row, error="Say what was done: a note is required."),
             operator=operator,
             status=422,
         )

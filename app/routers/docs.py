@@ -3,7 +3,10 @@
 The Swagger UI and Redoc builds come from the `fastapi-offline` package, which ships them as
 files; the pages start them with scripts from `app/static`, so the Content-Security-Policy
 needs no 'unsafe-inline'. Redoc injects its styles at run time: it is given the request's
-nonce (`Redoc.init(..., {nonce})`), which its start script reads from its own tag.
+nonce (`Redoc.init(..., {nonce})`), which its start script reads from its own tag. Two style
+elements are inserted by the bundle as it loads, before any nonce can reach it: their exact
+contents are allowed by hash (`REDOC_STYLE_HASHES`, for the pinned fastapi-offline version; the
+browser test fails on any CSP violation if a new version changes them).
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ ASSETS_PATH = "/docs/assets"
 ASSETS_DIRECTORY = Path(str(importlib.resources.files("fastapi_offline") / "static"))
 
 router = APIRouter(include_in_schema=False)
+
+REDOC_STYLE_HASHES = (
+    "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",  # an empty <style>
+    "sha256-QMIg+bpjm3JdElJ388KYke01izlUW0UoNOeKjpMxdgc=",  # perfect-scrollbar's stylesheet
+)
 
 # Static markup: only the request's nonce (URL-safe base64 of random bytes) is put in.
 _SWAGGER = """<!doctype html>
@@ -68,6 +76,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 @router.get("/redoc", response_class=HTMLResponse)
 async def redoc(request: Request) -> HTMLResponse:
     nonce = getattr(request.state, "csp_nonce", "")
+    request.state.csp_style_hashes = REDOC_STYLE_HASHES
     return HTMLResponse(
         _REDOC.format(assets=ASSETS_PATH, openapi=_openapi_url(request), nonce=nonce)
     )

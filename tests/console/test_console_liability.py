@@ -171,3 +171,27 @@ async def test_no_cards_no_totals(console: Console) -> None:
     assert (await console.http.get("/console/liability.csv")).text == (
         ",".join(liability.CSV_COLUMNS) + "\r\n"
     )
+
+
+async def test_a_card_disabled_in_one_system_is_not_outstanding_there(
+    shop: Store, console: Console
+) -> None:
+    cards = await _cards(shop)
+    shop.status_conflict(cards[0])  # disabled in Shopify, reloaded by 20.00 in store
+    await shop.flow.pollers.poll_pos()  # the merge sees both sides and records the conflict
+    await shop.flow.drain()
+
+    rows = _csv((await console.http.get("/console/liability.csv")).text)
+    conflicted = next(r for r in rows if r["card_id"] == str(cards[0].card_id))
+    assert (conflicted["shopify"], conflicted["shopify_status"]) == ("50.00", "disabled")
+    assert (conflicted["pos"], conflicted["pos_status"], conflicted["disagrees"]) == (
+        "70.00",
+        "enabled",
+        "yes",
+    )
+    page = (await console.http.get("/console/liability")).text
+    # What Shopify can still spend is what its enabled cards hold, as the simulator says.
+    assert shop.shopify_total() == Decimal("37.50")
+    assert '<td class="num" data-total="shopify">37.50</td>' in page
+    assert '<td class="num" data-total="pos">107.50</td>' in page
+    assert "Cards whose systems disagree (1)" in page

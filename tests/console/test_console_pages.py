@@ -133,7 +133,9 @@ async def test_a_drift_is_found_reported_and_resolved_with_a_note(
 
     page = (await console.http.get(f"/console/findings/{finding_id}")).text
     assert '<span class="pill warn">open</span>' in page
-    assert "reloaded" in page  # the evidence
+    assert "What it means" in page and "What to do" in page
+    assert "<th>balances</th><td>shopify 50.00, lightspeed 70.00</td>" in page
+    assert "<th>base</th><td>50.00</td>" in page
 
     empty = await console.post(f"/console/findings/{finding_id}/resolve", note="  ")
     assert empty.status_code == 422
