@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from fastapi import FastAPI
 from app.activity import RequestActivity
 from app.console import install_console
 from app.logging import configure_logging, get_logger
-from app.merchant_settings import apply_stored
+from app.merchant_settings import apply_stored, keep_fresh
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
 from app.response_headers import ResponseHeadersMiddleware
@@ -44,14 +45,18 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         settings = load_settings()
         configure_logging(settings.log_level, json=settings.log_json)
         owned = await build_runtime(settings)
-        # Settings saved in the console outrank the environment (lead: move into build_runtime).
+        # Settings saved in the console outrank the environment, here and in every process.
         await apply_stored(owned, owned.sessions)
+        refresher = asyncio.create_task(
+            keep_fresh(owned, owned.sessions, owned.settings.poll_interval), name="settings"
+        )
         app.state.runtime = owned
         if run_worker:
             await owned.start_worker(gives_way_to=activity)
         try:
             yield
         finally:
+            refresher.cancel()
             await owned.close()
 
     app = FastAPI(

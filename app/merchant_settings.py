@@ -13,9 +13,11 @@ applied, and the console names the problem.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -292,3 +294,23 @@ def effective_settings(holder: HasSettings) -> Settings:
 async def apply_stored(holder: HasSettings, sessions: SessionFactory) -> list[str]:
     """At start: apply what the console saved before the process began."""
     return await merchant_settings(holder).refresh(sessions)
+
+
+async def keep_fresh(
+    holder: HasSettings,
+    sessions: SessionFactory,
+    every: timedelta,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Re-read the saved settings every `every`, for as long as the process runs.
+
+    Per process, not a worker schedule: schedules run on one process at a time, and every
+    process holds its own settings. A failed look is retried at the next one.
+    """
+    while True:
+        await sleep(max(every.total_seconds(), 1.0))
+        try:
+            await merchant_settings(holder).refresh(sessions)
+        except Exception as exc:
+            log.warning("merchant_settings_refresh_failed", error=type(exc).__name__)

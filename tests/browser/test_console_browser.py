@@ -5,7 +5,8 @@ One walk through what staff do: sign in (a wrong token first), find a drift with
 then a real one, resolve the finding with a note, look a card up, change a setting and see it
 in force, export the liability CSV and check it against the simulators, be refused without the
 CSRF token, sign out; and the API docs with no internet. Each page's screenshot is written to
-docs/screenshots/ (named in the README of that folder).
+the folder GIFTSYNC_SCREENSHOTS names (the committed ones: `GIFTSYNC_SCREENSHOTS=docs/screenshots`,
+listed in the README there), else to a temporary folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -31,7 +33,6 @@ from tests.conftest import ROOT, make_settings
 from tests.console.conftest import ADMIN_TOKEN
 from tests.console.store import Sold, Store, store, worker_running
 
-SHOTS = ROOT / "docs" / "screenshots"
 TIMEOUT_MS = 15_000
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
@@ -65,12 +66,13 @@ async def serving(app: Any) -> AsyncIterator[str]:
 class Walk:
     """One browser page, with the CSP violations it meets and its screenshots."""
 
-    def __init__(self, page: Page, base: str) -> None:
+    def __init__(self, page: Page, base: str, shots: Path) -> None:
         self.page = page
         self.base = base
+        self.shots = shots
         self.violations: list[str] = []
         page.on("console", self._console)
-        SHOTS.mkdir(parents=True, exist_ok=True)
+        shots.mkdir(parents=True, exist_ok=True)
 
     def _console(self, message: Any) -> None:
         # Redoc's attribution logo is hard-coded to its CDN: the policy blocks it (no request
@@ -82,13 +84,21 @@ class Walk:
         await self.page.goto(self.base + path)
 
     async def shot(self, name: str, *, full_page: bool = True) -> Path:
-        path = SHOTS / f"{name}.png"
+        path = self.shots / f"{name}.png"
         await self.page.screenshot(path=str(path), full_page=full_page)
         return path
 
 
 @pytest.fixture
-async def walk(runtime: Runtime, browser: Browser) -> AsyncIterator[tuple[Walk, Store]]:
+def shots(tmp_path: Path) -> Path:
+    chosen = os.environ.get("GIFTSYNC_SCREENSHOTS")
+    return ROOT / chosen if chosen else tmp_path / "screenshots"
+
+
+@pytest.fixture
+async def walk(
+    runtime: Runtime, browser: Browser, shots: Path
+) -> AsyncIterator[tuple[Walk, Store]]:
     async with store(runtime) as shop:
         app = create_app(runtime, run_worker=False)
         async with serving(app) as base:
@@ -96,7 +106,7 @@ async def walk(runtime: Runtime, browser: Browser) -> AsyncIterator[tuple[Walk, 
             context.set_default_timeout(TIMEOUT_MS)
             page = await context.new_page()
             try:
-                yield Walk(page, base), shop
+                yield Walk(page, base, shots), shop
             finally:
                 await context.close()
 

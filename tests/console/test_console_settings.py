@@ -235,3 +235,29 @@ async def test_layer_follows_a_replaced_settings_object(runtime: Runtime) -> Non
     runtime.settings = make_settings()
     assert merchant_settings(runtime) is not first
     assert merchant_settings(runtime).settings is runtime.settings
+
+
+async def test_every_process_keeps_its_settings_fresh(
+    runtime: Runtime, sessions: SessionFactory
+) -> None:
+    import asyncio
+    from datetime import timedelta
+
+    from app.merchant_settings import keep_fresh
+
+    saver = MerchantSettings(make_settings(pos_kind="retail"))
+    assert await saver.save(sessions, {"plan": "growth"}, operator="dana", address="x") == []
+    looked = asyncio.Event()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:  # one refresh done: stay here until cancelled
+            looked.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(keep_fresh(runtime, sessions, timedelta(seconds=10), sleep=sleep))
+    await looked.wait()
+    task.cancel()
+    assert runtime.settings.plan is Plan.GROWTH
+    assert waits == [10.0, 10.0]
