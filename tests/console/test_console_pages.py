@@ -291,3 +291,20 @@ def test_progress_rate_and_time_left() -> None:
         }
     )
     assert (run_progress(backfill, now=start).done, run_progress(backfill).total) == (15, None)
+
+
+async def test_what_upstreams_said_is_shown_as_text_never_markup(
+    console: Console, engine: AsyncEngine
+) -> None:
+    async with engine.begin() as connection:
+        finding_id = await connection.scalar(
+            text(
+                "INSERT INTO findings (type, subject, evidence) VALUES ('unrepairable', "
+                "'<script>alert(1)</script>', '{\"reason\": \"<img src=x onerror=alert(2)>\"}') "
+                "RETURNING id"
+            )
+        )
+    for path in ("/console/findings", f"/console/findings/{finding_id}"):
+        page = (await console.http.get(path)).text
+        assert "<script>alert(1)" not in page and "<img src=x" not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
