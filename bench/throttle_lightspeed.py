@@ -23,6 +23,7 @@ import httpx
 
 from app.clients.lightspeed import LightspeedClient
 from app.sandbox.lightspeed import LightspeedSimulator
+from app.sandbox.lightspeed_merchant import Readings
 from tests.memory_tokens import MemoryTokenStore
 
 BUCKET_SIZE = 90
@@ -31,7 +32,9 @@ BASE_DRIP = 1.0
 
 async def run(reads: int, drip_scale: float, tasks: int) -> bool:
     drip = BASE_DRIP * drip_scale
-    sim = LightspeedSimulator(bucket_size=BUCKET_SIZE, drip_rate=drip)
+    # The burst limiter (20 a second beside a 90 bucket) scaled like the drip.
+    readings = Readings(burst_fraction=Readings().burst_fraction * drip_scale)
+    sim = LightspeedSimulator(bucket_size=BUCKET_SIZE, drip_rate=drip, readings=readings)
     card_id = sim.add_gift_card("BENCH0000001", Decimal("10"))
     client = LightspeedClient(
         sim.account_id,
@@ -45,7 +48,7 @@ async def run(reads: int, drip_scale: float, tasks: int) -> bool:
         transport=httpx.ASGITransport(app=sim.app),
     )
     # Refresh the token outside the measured window; it does not touch the bucket.
-    await client._access_token()
+    await client._tokens.access_token()
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(reads):
         queue.put_nowait(n)

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.clients.factory import Clients
-from app.clients.lightspeed import LightspeedClient
+from app.clients.lightspeed import LightspeedClient, SaleSetup
 from app.clients.shopify import ShopifyClient
 from app.clients.vii import ViiClient
 from app.db.engine import create_engine, session_factory, transaction
@@ -338,6 +338,7 @@ async def build_world(database_url: str) -> World:
         base_url="https://ls.sim",
         token_url="https://ls.sim/auth/oauth/token",
         balance_sign=BalanceSign.NEGATIVE,
+        sale_setup=SaleSetup(**ls_sim.correct_set_up()),
         timeout=UPSTREAM_TIMEOUT_S,
         transport=httpx.ASGITransport(app=ls_sim.app),
     )

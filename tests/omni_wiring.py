@@ -11,13 +11,14 @@ from typing import Any
 import httpx
 
 from app.clients.factory import Clients
-from app.clients.lightspeed import LightspeedClient
+from app.clients.lightspeed import LightspeedClient, SaleSetup
 from app.clients.onsite import OnSiteClient
 from app.clients.shopify import ShopifyClient
 from app.runtime import Runtime, install_features
 from app.sandbox.faults import Faults
 from app.sandbox.lightspeed import LightspeedSimulator
-from app.sandbox.onsite import OnSiteSimulator
+from app.sandbox.lightspeed_merchant import Readings
+from app.sandbox.onsite import OnSiteReadings, OnSiteSimulator
 from app.sandbox.shopify import ShopifySimulator
 from app.settings import BalanceSign, PosKind
 from app.sync.omni import OmniSync
@@ -27,8 +28,21 @@ from app.sync.pos_factory import build_pos
 from app.worker import Worker
 from tests.memory_tokens import MemoryTokenStore
 
-# (pos kind, Lightspeed balance sign): every omni test runs on each.
-POS_VARIANTS = [("retail", "negative"), ("retail", "positive"), ("onsite", "negative")]
+# (pos kind, Lightspeed balance sign, simulator readings): every omni test runs on each, so each
+# POS kind runs under both readings of what its documents leave open, and R-Series under both
+# balance signs.
+POS_VARIANTS = [
+    ("retail", "negative", "strict"),
+    ("retail", "positive", "lenient"),
+    ("onsite", "negative", "strict"),
+    ("onsite", "negative", "lenient"),
+]
+POS_VARIANT_IDS = [
+    "retail-negative-strict",
+    "retail-positive-lenient",
+    "onsite-strict",
+    "onsite-lenient",
+]
 
 
 @dataclass
@@ -98,7 +112,7 @@ class Omni:
 
 @asynccontextmanager
 async def omni_upstreams(
-    runtime: Runtime, pos_kind: str = "retail", sign: str = "negative"
+    runtime: Runtime, pos_kind: str = "retail", sign: str = "negative", reading: str = "strict"
 ) -> AsyncIterator[Omni]:
     settings = runtime.settings.model_copy(
         update={
@@ -119,7 +133,10 @@ async def omni_upstreams(
     onsite_sim: OnSiteSimulator | None = None
     pos_client: LightspeedClient | OnSiteClient
     if pos_kind == "retail":
-        ls_sim = LightspeedSimulator(balance_sign=BalanceSign(sign), faults=Faults())
+        readings = Readings.lenient() if reading == "lenient" else Readings.strict()
+        ls_sim = LightspeedSimulator(
+            balance_sign=BalanceSign(sign), faults=Faults(), readings=readings
+        )
         pos_client = LightspeedClient(
             ls_sim.account_id,
             ls_sim.client_id,
@@ -129,11 +146,15 @@ async def omni_upstreams(
             base_url="https://ls.sim",
             token_url="https://ls.sim/auth/oauth/token",
             balance_sign=BalanceSign(sign),
+            sale_setup=SaleSetup(**ls_sim.correct_set_up()),
             timeout=2.0,
             transport=httpx.ASGITransport(app=ls_sim.app),
         )
     else:
-        onsite_sim = OnSiteSimulator(Faults())
+        onsite_readings = (
+            OnSiteReadings.lenient() if reading == "lenient" else OnSiteReadings.strict()
+        )
+        onsite_sim = OnSiteSimulator(Faults(), readings=onsite_readings)
         pos_client = OnSiteClient(
             "https://onsite.sim:9630",
             "onsite",
@@ -143,6 +164,7 @@ async def omni_upstreams(
             timeout=2.0,
             retry_base_delay=0.0,
             transport=httpx.ASGITransport(app=onsite_sim.app),
+            **onsite_sim.correct_set_up(),
         )
     pos = build_pos(settings, Clients(shopify=shop, pos=pos_client), runtime.sessions)
     assert pos is not None

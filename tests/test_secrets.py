@@ -8,8 +8,9 @@ own log configuration capturing every line, and then a search of everything the 
 out or kept: every log line (structlog and standard library, uvicorn's access lines included),
 every HTTP answer's body and headers, every problem body, `GET /metrics`, and every column of
 every table. None may hold a PIN, a full Vii card number, a full POS serial or Shopify code of
-an omni card, in clear, in hex or in base64. The one place allowed is a ciphertext column
-while its hold is open, and that is shown to be sealed (it opens only with the key).
+an omni card, or an apply token, in clear, in hex or in base64 (a shadow code and its apply
+token only in the answer that hands them out). The one place allowed is a ciphertext column
+until the shadow card is settled, and that is shown to be sealed (it opens only with the key).
 
 Also: HMAC and admin-token checks are decided by `hmac.compare_digest`. (The full matrix of
 refused `/internal/*` requests is in tests/routers/test_internal.py.)
@@ -153,8 +154,12 @@ async def checkout_flows(rig: ShadowRig) -> dict[str, str]:
     applied = await rig.apply("60.00", card=CARD_A, pin=PIN_A, token="sweep-a")
     assert applied.status_code == 200, applied.text
     codes["a"] = applied.json()["shopifyGiftCardCode"]
-    assert (await rig.apply("20.00", card=CARD_A, pin=None, token="sweep-a")).status_code == 200
-    assert (await rig.apply("90.00", card=CARD_A, pin=None, token="sweep-a")).status_code == 409
+    # Re-sized with the apply token; growing past the hold needs the PIN (409), then re-holds.
+    assert (await rig.resize("20.00", card=CARD_A, token="sweep-a")).status_code == 200
+    grow = await rig.resize("90.00", card=CARD_A, token="sweep-a")
+    assert grow.status_code == 409 and grow.json()["code"] == "pin_required"
+    no_proof = await rig.apply("20.00", card=CARD_A, pin=None, token="sweep-a")
+    assert no_proof.status_code == 409 and no_proof.json()["code"] == "pin_required"
     assert (await rig.apply("70.00", card=CARD_A, pin=PIN_A, token="sweep-a")).status_code == 200
     wrong = await rig.apply("70.00", card=CARD_A, pin=WRONG_PIN, token="sweep-a")
     assert wrong.status_code == 403
@@ -288,6 +293,14 @@ async def test_no_secret_in_logs_answers_metrics_or_database(
 
     secrets = [CARD_A, CARD_B, CARD_C, PIN_A, PIN_B, PIN_C, WRONG_PIN, *omni_secrets]
     secrets += [ADMIN_TOKEN, WEBHOOK_SECRET, *codes.values()]
+    # Every apply token handed out (a re-size proved by PIN hands out a fresh one).
+    apply_tokens = {
+        response.json()["applyToken"]
+        for path, response in seen.answers
+        if path == "/check-balance" and response.status_code == 200
+    }
+    assert len(apply_tokens) == 4  # a, a re-held by PIN, b, c: the re-size kept its token
+    secrets += sorted(apply_tokens)
 
     # Logs: what the app's handler wrote (stderr), and every record through its formatter.
     printed = capsys.readouterr()
@@ -302,7 +315,7 @@ async def test_no_secret_in_logs_answers_metrics_or_database(
     for path, response in seen.answers:
         allowed = set()
         if path == "/check-balance" and response.status_code == 200:
-            allowed = {response.json()["shopifyGiftCardCode"]}
+            allowed = {response.json()["shopifyGiftCardCode"], response.json()["applyToken"]}
         searched = [s for s in secrets if s not in allowed]
         headers = "\n".join(f"{k}: {v}" for k, v in response.headers.items())
         assert find_secrets(response.text + "\n" + headers, searched) == [], (

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.readiness import readiness
+from app.sync.pos_setup import pos_setup_checks
 
 router = APIRouter(tags=["health"])
 
@@ -23,7 +24,11 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "At least one check failed; the body names it."}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    report: dict[str, Any] = await readiness(request.app.state.runtime)
+    runtime = request.app.state.runtime
+    pos_client = runtime.clients.pos if runtime.clients is not None else None
+    report: dict[str, Any] = await readiness(
+        runtime, extra=lambda: pos_setup_checks(runtime.settings, pos_client)
+    )
     return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
 

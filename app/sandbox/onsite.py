@@ -1,13 +1,13 @@
-"""Lightspeed OnSite simulator: XML REST, Basic auth plus private app id, seat-holding sessions.
+"""Lightspeed OnSite simulator: XML REST on the merchant's server, written from the sources.
 
-Gift cards exist only as invoice lines (sold/loaded, with the serial) and invoice payments
-(redeemed, serial as the payment reference), as on a real OnSite server; balances are derived
-from the invoices and a payment above the balance is refused. No `/api/giftcards/` extension is
-offered, so clients must work from invoices exactly as they would against the real thing.
-
-The filter syntax (`filter=(date_modified >= "...") AND (reference == "...")`) and the element
-names are this project's design (OnSite does not publish them); `ignore_filters=True` plays a
-server that ignores the filter so clients can prove they do not depend on it.
+Sources (each rule below names one): onsite-docs.lightspeedhq.com `external_api/getting_started`
+(headers, Basic auth, the `LS_SERVER_SESSION_ID` cookie, seats) and `tutorials/invoices.html`
+(the list of summaries, `count`/`offset`, logout answering 204); the Java OnSite connector
+commercetools/sphere-lightspeed-onsite-connector (a full invoice, `filter=` expressions such as
+`datetime_modified > "..."` and `code == "15"`). No gift card resource exists: a card is a
+serial on gift card product lines (sold, loaded) and "Gift Card" payments (redeemed); a payment
+above the balance is refused. The records and their XML live in `onsite_records`; what no
+source shows is played per `OnSiteReadings`.
 """
 
 from __future__ import annotations
@@ -17,93 +17,61 @@ import binascii
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
-from xml.etree.ElementTree import Element, SubElement, tostring
+from decimal import Decimal
+from typing import Any
+from xml.etree.ElementTree import Element, tostring
 
-import defusedxml.ElementTree as safe_xml
-from defusedxml import DefusedXmlException
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from app.sandbox.faults import Faults, faults_router
+from app.sandbox.onsite_records import (
+    CORRECT_SET_UP,
+    GIFT_CARD_METHOD,
+    PAYMENT_METHODS,
+    OnSiteReadings,
+    Refused,
+    SimCustomer,
+    SimInvoice,
+    SimLine,
+    SimPayment,
+    add,
+    customer_in,
+    invoice_full,
+    invoice_summary,
+    line_full,
+    lines_in,
+    money,
+    naive,
+    notes_in,
+    parse_body,
+    payment_full,
+    payments_in,
+    realistic_products,
+    reference_in,
+)
 
 SESSION_COOKIE = "LS_SERVER_SESSION_ID"
 PRIVATE_ID_HEADER = "X-PAPPID"
-MAX_BODY_BYTES = 1024 * 1024
 MAX_PAGE = 250
 GIFT_CARD_CODE = "GIFTCARD"
-GIFT_CARD_LABEL = "Gift Card"
-_GIFT_CARD = re.compile(r"gift[\s_-]*card", re.IGNORECASE)
+# CTC's filters: `field op "value"`, optionally in parentheses, joined by AND (UPSTREAMS).
 _FILTER_TERM = re.compile(
-    r'\(\s*(?P<field>\w+)\s*(?P<op>==|!=|>=|<=|>|<)\s*"(?P<value>(?:[^"\\]|\\.)*)"\s*\)'
+    r'\(?\s*(?P<field>\w+)\s*(?P<op>==|!=|>=|<=|>|<)\s*"(?P<value>(?:[^"\\]|\\.)*)"\s*\)?'
 )
-_CENT = Decimal("0.01")
+_RANGE = {">=", "<="}
 
 Clock = Callable[[], datetime]
 
-
-@dataclass
-class SimLine:
-    code: str
-    description: str
-    serial: str | None
-    price: Decimal
-    quantity: Decimal = Decimal(1)
-
-    @property
-    def is_gift_card(self) -> bool:
-        return bool(_GIFT_CARD.search(self.code) or _GIFT_CARD.search(self.description))
-
-
-@dataclass
-class SimPayment:
-    method: str
-    amount: Decimal
-    reference: str | None
-
-    @property
-    def is_gift_card(self) -> bool:
-        return bool(_GIFT_CARD.search(self.method))
-
-
-@dataclass
-class SimInvoice:
-    invoice_id: str
-    created_at: datetime
-    modified_at: datetime
-    customer_id: str | None
-    reference: str | None
-    notes: str | None
-    lines: list[SimLine] = field(default_factory=list)
-    payments: list[SimPayment] = field(default_factory=list)
-
-
-@dataclass
-class SimCustomer:
-    customer_id: str
-    first_name: str
-    last_name: str
-    email: str
-    modified_at: datetime
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _money(value: Decimal) -> str:
-    return str(value.quantize(_CENT))
-
-
-def _add(parent: Element, tag: str, text: str | None) -> None:
-    child = SubElement(parent, tag)
-    child.text = text
+__all__ = [
+    "SESSION_COOKIE",
+    "OnSiteReadings",
+    "OnSiteSimulator",
+    "SimInvoice",
+    "SimLine",
+    "SimPayment",
+]
 
 
 def _xml(element: Element, status: int = 200) -> Response:
@@ -112,32 +80,14 @@ def _xml(element: Element, status: int = 200) -> Response:
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    # No source shows an OnSite error body: a neutral one (clients read the status).
     root = Element("error")
-    _add(root, "code", code)
-    _add(root, "message", message)
+    add(root, "code", code)
+    add(root, "message", message)
     response = _xml(root, status)
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
-
-
-def _child_text(element: Element, *names: str) -> str | None:
-    for child in element:
-        if child.tag.lower() in names:
-            text = (child.text or "").strip()
-            if text:
-                return text
-    return None
-
-
-def _decimal(raw: str | None, what: str) -> Decimal:
-    try:
-        value = Decimal((raw or "").strip())
-    except InvalidOperation:
-        raise _Refused(400, "invalid_invoice", f"{what} is not a number") from None
-    if not value.is_finite() or value != value.quantize(_CENT):
-        raise _Refused(400, "invalid_invoice", f"{what} must have at most two decimals")
-    return value
 
 
 class OnSiteSimulator:
@@ -153,7 +103,9 @@ class OnSiteSimulator:
         *,
         seats: int | None = None,
         ignore_filters: bool = False,
+        readings: OnSiteReadings | None = None,
         clock: Clock | None = None,
+        base_url: str = "https://onsite.sim:9630",
     ) -> None:
         self.faults = faults or Faults()
         self.username = username
@@ -161,11 +113,15 @@ class OnSiteSimulator:
         self._private_id = private_id
         self.seats = seats
         self.ignore_filters = ignore_filters
+        self.readings = readings or OnSiteReadings.strict()
+        self.base_url = base_url.rstrip("/")
         self._clock: Clock = clock or (lambda: datetime.now(UTC))
         self._last_stamp = datetime(1970, 1, 1, tzinfo=UTC)
         self._sessions: dict[str, datetime] = {}
         self.sessions_opened = 0
         self.logouts = 0
+        self.products = realistic_products()
+        self.payment_methods = list(PAYMENT_METHODS)
         self.invoices: dict[str, SimInvoice] = {}
         self.customers: dict[str, SimCustomer] = {}
         self.request_log: list[tuple[str, str]] = []
@@ -180,6 +136,10 @@ class OnSiteSimulator:
     def sessions_open(self) -> int:
         return len(self._sessions)
 
+    def correct_set_up(self) -> dict[str, str]:
+        """`ONSITE_GIFT_CARD_PRODUCT_CODE` and `ONSITE_PAYMENT_METHOD` that exist here."""
+        return dict(CORRECT_SET_UP)
+
     def expire_sessions(self) -> None:
         """What a server restart or session timeout does: every cookie becomes unknown."""
         self._sessions.clear()
@@ -189,7 +149,7 @@ class OnSiteSimulator:
     def _stamp(self, at: datetime | None = None) -> datetime:
         if at is not None:
             return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-        # Strictly increasing, so "modified since" is well defined even within one clock tick.
+        # Microseconds, as in the sources' datetimes; strictly increasing.
         now = max(self._clock(), self._last_stamp + timedelta(microseconds=1))
         self._last_stamp = now
         return now
@@ -200,6 +160,12 @@ class OnSiteSimulator:
         self.customers[customer_id] = SimCustomer(customer_id, first, last, email, self._stamp())
         return customer_id
 
+    def _gift_line(self, serial: str, price: Decimal, quantity: Decimal = Decimal(1)) -> SimLine:
+        product = next(p for p in self.products.values() if p.code == GIFT_CARD_CODE)
+        return SimLine(
+            product.code, product.description, serial, price, quantity, product.product_id
+        )
+
     def sell_gift_card_in_store(
         self,
         serial: str,
@@ -208,21 +174,24 @@ class OnSiteSimulator:
         *,
         at: datetime | None = None,
     ) -> str:
-        """A till sells (or reloads) a card: a Gift Card line with the serial, paid in cash."""
+        """A till sells (or reloads) a card: a gift card line with the serial, paid in cash."""
         invoice = self._new_invoice(customer_id, None, "Sold in store", at)
-        invoice.lines.append(SimLine(GIFT_CARD_CODE, GIFT_CARD_LABEL, serial, amount))
-        invoice.payments.append(SimPayment("Cash", amount, None))
+        invoice.lines.append(self._gift_line(serial, Decimal(amount)))
+        invoice.payments.append(SimPayment("Cash", Decimal(amount), None))
         self._apply(invoice)
         return invoice.invoice_id
 
     def redeem_in_store(self, serial: str, amount: Decimal, *, at: datetime | None = None) -> str:
         """A till takes the card as payment for goods."""
         invoice = self._new_invoice(None, None, "Redeemed in store", at)
-        invoice.lines.append(SimLine("MERCH", "Merchandise", None, amount))
-        invoice.payments.append(SimPayment(GIFT_CARD_LABEL, amount, serial))
+        product = self.products["3"]
+        invoice.lines.append(
+            SimLine(product.code, product.description, None, Decimal(amount), Decimal(1), "3")
+        )
+        invoice.payments.append(SimPayment(GIFT_CARD_METHOD, Decimal(amount), serial))
         try:
             self._apply(invoice)
-        except _Refused as exc:
+        except Refused as exc:
             raise ValueError(exc.message) from None
         return invoice.invoice_id
 
@@ -240,9 +209,11 @@ class OnSiteSimulator:
         self.redeem_in_store("ONSITE0002", Decimal("30.00"))
         return [
             f"OnSite: user {self.username!r}, private app id set: {self._private_id is not None}",
-            f"OnSite: gift card ONSITE0001 balance {_money(self.balance('ONSITE0001'))} "
+            f"OnSite: gift card product {GIFT_CARD_CODE}, payment methods "
+            f"{', '.join(self.payment_methods)} (giftsync uses Shopify)",
+            f"OnSite: gift card ONSITE0001 balance {money(self.balance('ONSITE0001'))} "
             "(Ada Lovelace, ada@example.com)",
-            f"OnSite: gift card ONSITE0002 balance {_money(self.balance('ONSITE0002'))} "
+            f"OnSite: gift card ONSITE0002 balance {money(self.balance('ONSITE0002'))} "
             "(Grace Hopper, grace@example.com)",
         ]
 
@@ -269,134 +240,70 @@ class OnSiteSimulator:
     @staticmethod
     def _fold(balances: dict[str, Decimal], invoice: SimInvoice) -> None:
         for line in invoice.lines:
-            if line.is_gift_card and line.serial:
+            if line.code == GIFT_CARD_CODE and line.serial:
                 balances[line.serial] = (
                     balances.get(line.serial, Decimal(0)) + line.price * line.quantity
                 )
         for payment in invoice.payments:
-            if payment.is_gift_card and payment.reference:
-                balances[payment.reference] = (
-                    balances.get(payment.reference, Decimal(0)) - payment.amount
-                )
+            if payment.is_gift_card and payment.serial:
+                balances[payment.serial] = balances.get(payment.serial, Decimal(0)) - payment.amount
 
     def _apply(self, invoice: SimInvoice) -> None:
         """Stores the invoice unless it would take a gift card below zero."""
         for line in invoice.lines:
-            if line.is_gift_card and not line.serial:
-                raise _Refused(400, "serial_required", "a gift card line needs a serial")
+            if line.code == GIFT_CARD_CODE and not line.serial:
+                raise Refused(400, "serial_required", "a gift card line needs a serial")
         for payment in invoice.payments:
-            if payment.is_gift_card and not payment.reference:
-                raise _Refused(400, "serial_required", "a gift card payment needs the serial")
+            if payment.is_gift_card and not payment.serial:
+                raise Refused(400, "serial_required", "a gift card payment needs the serial")
         if invoice.customer_id is not None and invoice.customer_id not in self.customers:
-            raise _Refused(400, "unknown_customer", "no such customer")
+            raise Refused(400, "unknown_customer", "no such customer")
         balances = self._balances()
         before = dict(balances)
         self._fold(balances, invoice)
         for serial, balance in balances.items():
             if balance < 0 and balance < before.get(serial, Decimal(0)):
-                raise _Refused(409, "insufficient_balance", "gift card balance too low")
+                raise Refused(409, "insufficient_balance", "gift card balance too low")
         self.invoices[invoice.invoice_id] = invoice
 
-    # --- XML out -------------------------------------------------------------------------------
-
-    def _invoice_xml(self, invoice: SimInvoice, parent: Element | None = None) -> Element:
-        root = (
-            Element("invoice", {"id": invoice.invoice_id})
-            if parent is None
-            else SubElement(parent, "invoice", {"id": invoice.invoice_id})
-        )
-        _add(root, "date_created", invoice.created_at.isoformat())
-        _add(root, "date_modified", invoice.modified_at.isoformat())
-        if invoice.customer_id is not None:
-            SubElement(root, "customer", {"id": invoice.customer_id})
-        _add(root, "reference", invoice.reference)
-        _add(root, "notes", invoice.notes)
-        lines = SubElement(root, "lineitems")
-        for number, line in enumerate(invoice.lines, start=1):
-            item = SubElement(lines, "lineitem", {"id": f"{invoice.invoice_id}-{number}"})
-            product = SubElement(item, "product", {"id": "1" if line.is_gift_card else "2"})
-            _add(product, "code", line.code)
-            _add(item, "description", line.description)
-            if line.serial:
-                _add(item, "serial", line.serial)
-            _add(item, "price", _money(line.price))
-            _add(item, "quantity", str(line.quantity.normalize()))
-        payments = SubElement(root, "payments")
-        for number, payment in enumerate(invoice.payments, start=1):
-            item = SubElement(payments, "payment", {"id": f"{invoice.invoice_id}-{number}"})
-            _add(item, "method", payment.method)
-            _add(item, "amount", _money(payment.amount))
-            if payment.reference:
-                _add(item, "reference", payment.reference)
-        return root
-
-    @staticmethod
-    def _customer_xml(customer: SimCustomer, parent: Element | None = None) -> Element:
-        attrs = {"id": customer.customer_id}
-        root = (
-            Element("customer", attrs) if parent is None else SubElement(parent, "customer", attrs)
-        )
-        _add(root, "first_name", customer.first_name)
-        _add(root, "last_name", customer.last_name)
-        _add(root, "email", customer.email)
-        _add(root, "date_modified", customer.modified_at.isoformat())
-        return root
-
-    # --- XML in --------------------------------------------------------------------------------
-
-    def _invoice_from_xml(self, body: bytes) -> SimInvoice:
-        if len(body) > MAX_BODY_BYTES:
-            raise _Refused(413, "too_large", "body too large")
-        try:
-            root: Element = safe_xml.fromstring(body, forbid_dtd=True)
-        except (DefusedXmlException, safe_xml.ParseError, ValueError):
-            raise _Refused(400, "invalid_xml", "body is not well-formed XML") from None
-        if root.tag != "invoice":
-            raise _Refused(400, "invalid_invoice", "expected an <invoice>")
-        customer = root.find("customer")
-        customer_id = customer.get("id") if customer is not None else None
-        invoice = self._new_invoice(
-            customer_id, _child_text(root, "reference"), _child_text(root, "notes")
-        )
-        for item in root.findall("lineitems/lineitem"):
-            product = item.find("product")
-            code = (_child_text(product, "code") if product is not None else None) or ""
-            quantity = _child_text(item, "quantity")
+    def _posted(self, body: bytes) -> SimInvoice:
+        root = parse_body(body)
+        invoice = self._new_invoice(customer_in(root), reference_in(root), notes_in(root))
+        codes = {product.code: product for product in self.products.values()}
+        for code, price, quantity, serial in lines_in(root):
+            product = codes.get(code)
+            if product is None:
+                raise Refused(400, "unknown_product", f"no product with code {code!r}")
             invoice.lines.append(
-                SimLine(
-                    code=code,
-                    description=_child_text(item, "description") or "",
-                    serial=_child_text(item, "serial"),
-                    price=_decimal(_child_text(item, "price"), "price"),
-                    quantity=_decimal(quantity, "quantity") if quantity else Decimal(1),
-                )
+                SimLine(code, product.description, serial, price, quantity, product.product_id)
             )
-        for item in root.findall("payments/payment"):
-            amount = _decimal(_child_text(item, "amount"), "amount")
-            if amount <= 0:
-                raise _Refused(400, "invalid_invoice", "payment amounts must be positive")
-            invoice.payments.append(
-                SimPayment(
-                    _child_text(item, "method") or "", amount, _child_text(item, "reference")
-                )
-            )
+        for method, amount, serial in payments_in(root):
+            if method not in self.payment_methods:
+                raise Refused(400, "unknown_payment_method", f"no payment method {method!r}")
+            invoice.payments.append(SimPayment(method, amount, serial))
         if not invoice.lines and not invoice.payments:
-            raise _Refused(400, "invalid_invoice", "an invoice needs lines or payments")
+            raise Refused(400, "invalid_invoice", "an invoice needs lines or payments")
+        total = sum((line.price * line.quantity for line in invoice.lines), Decimal(0))
+        if sum((p.amount for p in invoice.payments), Decimal(0)) != total:
+            raise Refused(400, "unbalanced", "payments must equal the invoice total")
         return invoice
+
+    # --- filters (CTC: `datetime_modified > "..."`, `code == "15"`) --------------------------------
 
     def _filters(self, raw: str | None, allowed: set[str]) -> list[tuple[str, str, str]]:
         if not raw or self.ignore_filters:
             return []
         terms: list[tuple[str, str, str]] = []
-        rest = raw
-        while rest.strip():
-            match = _FILTER_TERM.match(rest.strip())
+        rest = raw.strip()
+        while rest:
+            match = _FILTER_TERM.match(rest)
             if match is None or match.group("field") not in allowed:
-                raise _Refused(400, "invalid_filter", "filter not understood")
+                raise Refused(400, "invalid_filter", "filter not understood")
+            if match.group("op") in _RANGE and not self.readings.range_operators:
+                raise Refused(400, "invalid_filter", "operator not supported")
             value = re.sub(r"\\(.)", r"\1", match.group("value"))
             terms.append((match.group("field"), match.group("op"), value))
-            rest = rest.strip()[match.end() :]
-            rest = re.sub(r"^\s*AND\s+", "", rest, flags=re.IGNORECASE)
+            rest = re.sub(r"^\s*AND\s+", "", rest[match.end() :].strip(), flags=re.IGNORECASE)
         return terms
 
     @staticmethod
@@ -408,7 +315,7 @@ class OnSiteSimulator:
                 try:
                     parsed = datetime.fromisoformat(raw)
                 except ValueError:
-                    raise _Refused(400, "invalid_filter", "date not ISO 8601") from None
+                    raise Refused(400, "invalid_filter", "date not ISO 8601") from None
                 expected = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
             elif isinstance(actual, str):
                 actual, expected = actual.casefold(), raw.casefold()
@@ -431,13 +338,21 @@ class OnSiteSimulator:
     def _build_app(self) -> FastAPI:
         app = FastAPI(title="Lightspeed OnSite simulator", docs_url=None, redoc_url=None)
         app.include_router(faults_router(self.faults))
-        app.add_api_route("/api/sessions/current/logout/", self._logout, methods=["POST"])
-        app.add_api_route("/api/invoices/", self._list_invoices, methods=["GET"])
-        app.add_api_route("/api/invoices/", self._create_invoice, methods=["POST"])
-        app.add_api_route("/api/invoices/{invoice_id}/", self._get_invoice, methods=["GET"])
-        app.add_api_route("/api/customers/", self._list_customers, methods=["GET"])
-        app.add_api_route("/api/customers/{customer_id}/", self._get_customer, methods=["GET"])
-        app.add_api_route("/api/products/", self._list_products, methods=["GET"])
+        routes: list[tuple[str, Callable[..., Any], str]] = [
+            ("/api/", self._root, "GET"),
+            ("/api/sessions/current/logout/", self._logout, "POST"),
+            ("/api/invoices/", self._list_invoices, "GET"),
+            ("/api/invoices/", self._create_invoice, "POST"),
+            ("/api/invoices/{invoice_id}/", self._get_invoice, "GET"),
+            ("/api/invoices/{invoice_id}/lineitems/{number}/", self._get_line, "GET"),
+            ("/api/invoices/{invoice_id}/payments/{number}/", self._get_payment, "GET"),
+            ("/api/customers/", self._list_customers, "GET"),
+            ("/api/customers/{customer_id}/", self._get_customer, "GET"),
+            ("/api/products/", self._list_products, "GET"),
+            ("/api/payment_methods/", self._list_payment_methods, "GET"),
+        ]
+        for path, handler, method in routes:
+            app.add_api_route(path, handler, methods=[method])
         return app
 
     def _basic_ok(self, header: str | None) -> bool:
@@ -460,10 +375,12 @@ class OnSiteSimulator:
             return _error(429, "too_many_requests", "slow down", {"Retry-After": "1"})
         if self.faults.draw_error():
             return _error(503, "unavailable", "server busy")
+        # getting_started: `X-PAPPID` carries the private id.
         if self._private_id is not None:
             given = request.headers.get(PRIVATE_ID_HEADER, "")
             if not secrets.compare_digest(given.encode(), self._private_id.encode()):
                 return _error(403, "invalid_private_app_id", "unknown private app id")
+        # getting_started: the cookie keeps one session; without it each request opens another.
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie is not None:
             if cookie in self._sessions:
@@ -473,6 +390,7 @@ class OnSiteSimulator:
             return _error(
                 401, "unauthorized", "bad credentials", {"WWW-Authenticate": 'Basic realm="OnSite"'}
             )
+        # Read/write apps hold at most as many sessions as the licence has seats.
         if self.seats is not None and len(self._sessions) >= self.seats:
             return _error(403, "no_seats_available", "all licence seats are in use")
         session = secrets.token_hex(16)
@@ -487,15 +405,31 @@ class OnSiteSimulator:
             response.set_cookie(SESSION_COOKIE, session, httponly=True, path="/")
         return response
 
+    async def _answer(
+        self, request: Request, build: Callable[[tuple[str, bool]], Response]
+    ) -> Response:
+        entered = await self._enter(request)
+        if isinstance(entered, Response):
+            return entered
+        try:
+            response = build(entered)
+        except Refused as exc:
+            response = _error(exc.status, exc.code, exc.message)
+        return self._with_session(response, entered)
+
     def _page(self, request: Request) -> tuple[int, int]:
         try:
             count = int(request.query_params.get("count", "50"))
             offset = int(request.query_params.get("offset", "0"))
         except ValueError:
-            raise _Refused(400, "invalid_paging", "count and offset are integers") from None
+            raise Refused(400, "invalid_paging", "count and offset are integers") from None
         if count < 1 or offset < 0:
-            raise _Refused(400, "invalid_paging", "count >= 1 and offset >= 0")
+            raise Refused(400, "invalid_paging", "count >= 1 and offset >= 0")
         return min(count, MAX_PAGE), offset
+
+    async def _root(self, request: Request) -> Response:
+        # getting_started: `GET /api/` answers `<resources/>`.
+        return await self._answer(request, lambda _entered: _xml(Element("resources")))
 
     async def _logout(self, request: Request) -> Response:
         entered = await self._enter(request)
@@ -503,98 +437,136 @@ class OnSiteSimulator:
             return entered
         self._sessions.pop(entered[0], None)
         self.logouts += 1
-        response = _xml(Element("logout"))
+        # invoices.html: logout answers 204.
+        response = Response(status_code=204)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
     async def _list_invoices(self, request: Request) -> Response:
-        entered = await self._enter(request)
-        if isinstance(entered, Response):
-            return entered
-        try:
+        def build(_entered: tuple[str, bool]) -> Response:
             count, offset = self._page(request)
             terms = self._filters(
-                request.query_params.get("filter"), {"date_modified", "reference", "customer_id"}
+                request.query_params.get("filter"), {"datetime_modified", "import_id"}
             )
             found = [
                 invoice
                 for invoice in self.invoices.values()
                 if self._matches(
-                    {
-                        "date_modified": invoice.modified_at,
-                        "reference": invoice.reference,
-                        "customer_id": invoice.customer_id,
-                    },
+                    {"datetime_modified": invoice.modified_at, "import_id": invoice.reference},
                     terms,
                 )
             ]
-        except _Refused as exc:
-            return self._with_session(_error(exc.status, exc.code, exc.message), entered)
-        if request.query_params.get("order_by") == "date_modified" and not self.ignore_filters:
-            found.sort(key=lambda invoice: (invoice.modified_at, int(invoice.invoice_id)))
-        root = Element("invoices", {"total_count": str(len(found))})
-        for invoice in found[offset : offset + count]:
-            self._invoice_xml(invoice, root)
-        return self._with_session(_xml(root), entered)
+            # invoices.html: `total_count` on the list; no documented order (by id here).
+            root = Element("invoices", {"total_count": str(len(found))})
+            for invoice in found[offset : offset + count]:
+                invoice_summary(root, invoice, self.base_url, self.customers)
+            return _xml(root)
+
+        return await self._answer(request, build)
 
     async def _get_invoice(self, request: Request, invoice_id: str) -> Response:
-        entered = await self._enter(request)
-        if isinstance(entered, Response):
-            return entered
-        invoice = self.invoices.get(invoice_id)
-        if invoice is None:
-            return self._with_session(_error(404, "not_found", "no such invoice"), entered)
-        return self._with_session(_xml(self._invoice_xml(invoice)), entered)
+        def build(_entered: tuple[str, bool]) -> Response:
+            invoice = self.invoices.get(invoice_id)
+            if invoice is None:
+                raise Refused(404, "not_found", "no such invoice")
+            return _xml(invoice_full(invoice, self.base_url, self.customers, self.readings))
+
+        return await self._answer(request, build)
+
+    async def _get_line(self, request: Request, invoice_id: str, number: str) -> Response:
+        def build(_entered: tuple[str, bool]) -> Response:
+            invoice = self.invoices.get(invoice_id)
+            index = int(number) - 1 if number.isdigit() else -1
+            if invoice is None or not 0 <= index < len(invoice.lines):
+                raise Refused(404, "not_found", "no such line")
+            uri = f"{self.base_url}/api/invoices/{invoice_id}/lineitems/{number}/"
+            return _xml(line_full(invoice.lines[index], uri, number, self.base_url))
+
+        return await self._answer(request, build)
+
+    async def _get_payment(self, request: Request, invoice_id: str, number: str) -> Response:
+        def build(_entered: tuple[str, bool]) -> Response:
+            invoice = self.invoices.get(invoice_id)
+            index = int(number) - 1 if number.isdigit() else -1
+            if invoice is None or not 0 <= index < len(invoice.payments):
+                raise Refused(404, "not_found", "no such payment")
+            uri = f"{self.base_url}/api/invoices/{invoice_id}/payments/{number}/"
+            return _xml(payment_full(invoice.payments[index], uri, number, self.readings))
+
+        return await self._answer(request, build)
 
     async def _create_invoice(self, request: Request) -> Response:
         entered = await self._enter(request)
         if isinstance(entered, Response):
             return entered
         try:
-            invoice = self._invoice_from_xml(await request.body())
+            invoice = self._posted(await request.body())
             self._apply(invoice)
-        except _Refused as exc:
+        except Refused as exc:
             return self._with_session(_error(exc.status, exc.code, exc.message), entered)
         if self.faults.draw_lost_answer():
             await self.faults.hang()
-        response = _xml(self._invoice_xml(invoice), 201)
-        response.headers["Location"] = f"/api/invoices/{invoice.invoice_id}/"
+        response = _xml(invoice_full(invoice, self.base_url, self.customers, self.readings), 201)
+        response.headers["Location"] = f"{self.base_url}/api/invoices/{invoice.invoice_id}/"
         return self._with_session(response, entered)
 
     async def _list_customers(self, request: Request) -> Response:
-        entered = await self._enter(request)
-        if isinstance(entered, Response):
-            return entered
-        try:
+        def build(_entered: tuple[str, bool]) -> Response:
             count, offset = self._page(request)
             terms = self._filters(request.query_params.get("filter"), {"email"})
             found = [c for c in self.customers.values() if self._matches({"email": c.email}, terms)]
-        except _Refused as exc:
-            return self._with_session(_error(exc.status, exc.code, exc.message), entered)
-        root = Element("customers", {"total_count": str(len(found))})
-        for customer in found[offset : offset + count]:
-            self._customer_xml(customer, root)
-        return self._with_session(_xml(root), entered)
+            root = Element("customers", {"total_count": str(len(found))})
+            for customer in found[offset : offset + count]:
+                self._customer_xml(customer, root)
+            return _xml(root)
+
+        return await self._answer(request, build)
 
     async def _get_customer(self, request: Request, customer_id: str) -> Response:
-        entered = await self._enter(request)
-        if isinstance(entered, Response):
-            return entered
-        customer = self.customers.get(customer_id)
-        if customer is None:
-            return self._with_session(_error(404, "not_found", "no such customer"), entered)
-        return self._with_session(_xml(self._customer_xml(customer)), entered)
+        def build(_entered: tuple[str, bool]) -> Response:
+            customer = self.customers.get(customer_id)
+            if customer is None:
+                raise Refused(404, "not_found", "no such customer")
+            return _xml(self._customer_xml(customer))
+
+        return await self._answer(request, build)
+
+    def _customer_xml(self, customer: SimCustomer, parent: Element | None = None) -> Element:
+        attrs = {
+            "id": customer.customer_id,
+            "uri": f"{self.base_url}/api/customers/{customer.customer_id}/",
+        }
+        root = Element("customer", attrs) if parent is None else add(parent, "customer", **attrs)
+        add(root, "first_name", customer.first_name)
+        add(root, "last_name", customer.last_name)
+        add(root, "email", customer.email)
+        add(root, "datetime_modified", naive(customer.modified_at))
+        return root
 
     async def _list_products(self, request: Request) -> Response:
-        entered = await self._enter(request)
-        if isinstance(entered, Response):
-            return entered
-        root = Element("products", {"total_count": "2"})
-        for product_id, code, description in (
-            ("1", GIFT_CARD_CODE, GIFT_CARD_LABEL),
-            ("2", "MERCH", "Merchandise"),
-        ):
-            product = SubElement(root, "product", {"id": product_id})
-            _add(product, "code", code)
-            _add(product, "description", description)
-        return self._with_session(_xml(root), entered)
+        def build(_entered: tuple[str, bool]) -> Response:
+            count, offset = self._page(request)
+            terms = self._filters(request.query_params.get("filter"), {"code"})
+            found = [p for p in self.products.values() if self._matches({"code": p.code}, terms)]
+            root = Element("products", {"total_count": str(len(found))})
+            for product in found[offset : offset + count]:
+                uri = f"{self.base_url}/api/products/{product.product_id}/"
+                item = add(root, "product", full_render="false", id=product.product_id, uri=uri)
+                add(item, "code", product.code)
+                add(item, "description", product.description)
+                add(item, "sell_price", money(product.sell_price, "0.001"))
+            return _xml(root)
+
+        return await self._answer(request, build)
+
+    async def _list_payment_methods(self, request: Request) -> Response:
+        def build(_entered: tuple[str, bool]) -> Response:
+            if not self.readings.payment_methods_resource:
+                raise Refused(404, "not_found", "no such resource")
+            root = Element("payment_methods", {"total_count": str(len(self.payment_methods))})
+            for number, name in enumerate(self.payment_methods, start=1):
+                item = add(root, "payment_method", id=str(number))
+                add(item, "name", name)
+            return _xml(root)
+
+        return await self._answer(request, build)

@@ -101,17 +101,40 @@ def point_settings_at(settings: Settings, sandbox: Sandbox) -> Settings:
             "lightspeed_client_id": ls.client_id,
             "lightspeed_client_secret": SecretStr(ls.client_secret),
             "lightspeed_refresh_token": SecretStr(ls.issue_refresh_token()),
+            # The simulated merchant's set-up every check passes: a shop, a register not named
+            # eCom, the integration's employee, the merchant's own "Shopify" payment type.
+            **_lightspeed_set_up(settings, ls),
             "onsite_base_url": sandbox.urls["onsite"],
             "onsite_username": site.username,
             "onsite_password": SecretStr(site._password),
             "onsite_app_id": "giftsync-sandbox",
             "onsite_private_id": SecretStr(site._private_id or ""),
             "onsite_verify_tls": False,
+            **_onsite_set_up(settings, site),
             "pos_kind": settings.pos_kind
             if settings.pos_kind is not PosKind.NONE
             else PosKind.NONE,
         }
     )
+
+
+def _lightspeed_set_up(settings: Settings, ls: lightspeed.LightspeedSimulator) -> dict[str, str]:
+    """The simulated merchant's ids, where the settings name none (a given id is kept, so a
+    wrong one can be tried against the simulator)."""
+    return {
+        f"lightspeed_{name}": getattr(settings, f"lightspeed_{name}") or value
+        for name, value in ls.correct_set_up().items()
+    }
+
+
+def _onsite_set_up(settings: Settings, site: onsite.OnSiteSimulator) -> dict[str, str]:
+    given = settings.model_fields_set
+    return {
+        f"onsite_{name}": getattr(settings, f"onsite_{name}")
+        if f"onsite_{name}" in given
+        else value
+        for name, value in site.correct_set_up().items()
+    }
 
 
 def seed_all(sandbox: Sandbox) -> list[str]:

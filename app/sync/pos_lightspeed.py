@@ -15,7 +15,6 @@ from decimal import Decimal
 
 from app.clients.lightspeed import (
     LightspeedClient,
-    LightspeedError,
     LightspeedUnavailable,
     LsGiftCard,
 )
@@ -102,36 +101,23 @@ class LightspeedPos:
         note: str | None = None,
         customer_name: str | None = None,
     ) -> PosCard:
-        """Create the card (code = serial), then load it once with `{reference}:load`.
+        """Create the card (code = serial) loaded once with `{reference}:load`.
 
-        Safe to retry at any point: a card already holding the code is completed rather than
-        created again (the code is unique per account), and the load's reference is looked up
-        before the sale is sent. The serial is giftsync's to choose (DESIGN 1.A: prefix and
-        digits), so an existing card with that code is one an earlier attempt created.
+        The client does it in the documented minimum (a CreditAccount POST and one completed
+        sale), looks nothing up for a card it has just made, and completes a card an earlier
+        attempt made (the serial is giftsync's to choose, DESIGN 1.A).
         """
         if balance_minor < 0:
             raise ValueError("a new card's balance must not be negative")
         if not reference.strip():
             raise ValueError("reference must not be empty")
-        card = await self._client.get_gift_card_by_code(serial)
-        if card is None:
-            try:
-                card = await self._client.create_gift_card(
-                    serial, name=customer_name, description=note
-                )
-            except LightspeedError:
-                # A concurrent attempt may have taken the code between the look-up and here.
-                card = await self._client.get_gift_card_by_code(serial)
-                if card is None:
-                    raise
-        if balance_minor > 0:
-            await self._client.load_gift_card(
-                card.credit_account_id, from_minor(balance_minor), reference=f"{reference}:load"
-            )
-            loaded = await self._client.get_gift_card(card.credit_account_id)
-            if loaded is None:
-                raise LightspeedUnavailable("Lightspeed lost the gift card it just created")
-            card = loaded
+        card = await self._client.create_loaded_gift_card(
+            serial,
+            from_minor(balance_minor),
+            reference=f"{reference}:load",
+            name=customer_name,
+            description=note,
+        )
         return _card(card)
 
     async def move(self, external_id: str, amount_minor: int, *, reference: str) -> None:

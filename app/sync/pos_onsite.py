@@ -203,12 +203,8 @@ class OnSitePos:
         amount = from_minor(abs(amount_minor))
         signed = amount if amount_minor > 0 else -amount
         invoice_id = await self._client.post_balance_move(serial, signed, reference=reference)
-        entry: OnSiteGiftCardLine | OnSiteGiftCardPayment = (
-            OnSiteGiftCardLine(serial, amount)
-            if amount_minor > 0
-            else OnSiteGiftCardPayment(serial, amount)
-        )
-        await self._record(invoice_id, reference, entry)
+        # The client writes either move as one gift card line (+ loads, - takes off).
+        await self._record(invoice_id, reference, OnSiteGiftCardLine(serial, signed))
 
     async def deactivate(self, external_id: str, *, reference: str) -> None:
         """Redeem what is left to zero (reference `reference`), then mark the card disabled.
@@ -231,7 +227,7 @@ class OnSitePos:
         if left is not None and left > 0:
             # A retry after a crash finds this reference's invoice and sends nothing new.
             invoice_id = await self._client.post_balance_move(serial, -left, reference=reference)
-            await self._record(invoice_id, reference, OnSiteGiftCardPayment(serial, left))
+            await self._record(invoice_id, reference, OnSiteGiftCardLine(serial, -left))
         async with transaction(self._sessions) as session:
             await session.execute(
                 update(PosCardBalance)

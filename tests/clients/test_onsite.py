@@ -1,4 +1,8 @@
-"""OnSite client: wire details with respx, behaviour against the simulator."""
+"""OnSite client: wire details with respx, behaviour against the simulator.
+
+The simulator follows the sources (tests/sandbox/test_onsite_sim.py) and runs under each reading
+of what they leave open. Tests marked "issue 15" failed on the client before it followed them.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +24,15 @@ from app.clients.onsite import (
     OnSiteError,
     OnSiteGiftCardLine,
     OnSiteGiftCardPayment,
+    OnSiteSetupError,
     OnSiteUnavailable,
     OnSiteUnknownOutcome,
 )
+from app.clients.setup_checks import SetupCheck, SetupGate
 from app.sandbox.faults import Faults
-from app.sandbox.onsite import OnSiteSimulator
+from app.sandbox.onsite import OnSiteReadings, OnSiteSimulator
 from app.settings import Settings
+from tests.pos_support import fixture_xml
 
 BASE = "https://onsite.test:9630"
 USER = "clerk"
@@ -47,7 +54,12 @@ def make_client(
     **kwargs: object,
 ) -> OnSiteClient:
     transport = httpx.ASGITransport(app=sim.app) if sim is not None else None
-    options: dict[str, object] = {"retry_base_delay": 0.0, "timeout": 2.0, **kwargs}
+    options: dict[str, object] = {
+        "retry_base_delay": 0.0,
+        "timeout": 2.0,
+        "payment_method": "Shopify",
+        **kwargs,
+    }
     return OnSiteClient(
         BASE,
         USER,
@@ -64,11 +76,43 @@ def invoices_xml(body: str, total: int | None = None) -> str:
     return f'<?xml version="1.0"?><invoices{attr}>{body}</invoices>'
 
 
-def invoice_xml(invoice_id: str, modified: str, reference: str = "", extra: str = "") -> str:
+def summary_xml(invoice_id: str) -> str:
+    """A list item as the invoices tutorial shows it: no dates but creation, a `uri`."""
     return (
-        f'<invoice id="{invoice_id}"><date_modified>{modified}</date_modified>'
-        f"<reference>{reference}</reference>{extra}</invoice>"
+        f'<invoice full_render="false" id="{invoice_id}" uri="{BASE}/api/invoices/{invoice_id}/">'
+        f"<datetime_created>2024-05-01T09:00:00.000001</datetime_created>"
+        f"<invoice_id>I-{invoice_id}</invoice_id></invoice>"
     )
+
+
+def invoice_xml(invoice_id: str, modified: str, reference: str = "", extra: str = "") -> str:
+    """A full invoice in the shape of the connector's `invoice.xml`."""
+    return (
+        f'<invoice uri="{BASE}/api/invoices/{invoice_id}/" id="{invoice_id}" full_render="true">'
+        f"<datetime_modified>{modified}</datetime_modified>"
+        f"<invoice_customer><customer/></invoice_customer>"
+        f"<import_id>{reference}</import_id>{extra}</invoice>"
+    )
+
+
+def full_invoices(mock: respx.MockRouter, modified: str = "2024-05-01T10:00:00") -> respx.Route:
+    """Every `/api/invoices/{id}/` answers a full invoice without gift card moves."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        invoice_id = request.url.path.rstrip("/").rsplit("/", 1)[-1]
+        return xml_response(invoice_xml(invoice_id, modified))
+
+    return mock.get(url__regex=r"/api/invoices/\d+/$").mock(side_effect=answer)
+
+
+def ready(client: OnSiteClient) -> OnSiteClient:
+    """A client whose set-up already read back clean (respx tests mock no set-up reads)."""
+
+    async def clean() -> list[SetupCheck]:
+        return [SetupCheck("onsite_gift_card_product", True, "error", "product GIFTCARD")]
+
+    client.setup = SetupGate(clean, OnSiteSetupError)
+    return client
 
 
 def xml_response(text: str, status: int = 200) -> httpx.Response:
@@ -209,8 +253,11 @@ def test_from_settings_maps_every_onsite_setting() -> None:
         onsite_app_id=APP_ID,
         onsite_private_id=PAPPID,  # type: ignore[arg-type]
         onsite_verify_tls=False,
+        onsite_gift_card_product_code="GC-1",
+        onsite_payment_method="Shopify",
     )
     client = OnSiteClient.from_settings(settings)
+    assert (client.gift_card_product_code, client.payment_method) == ("GC-1", "Shopify")
     assert client.base_url == BASE
     assert client.username == USER
     assert client.verify_tls is False
@@ -248,31 +295,31 @@ async def test_paging_urls_on_the_wire() -> None:
         query = parse_qs(urlparse(str(request.url)).query)
         offset = int(query["offset"][0])
         size = min(int(query["count"][0]), 250 - offset)
-        body = "".join(
-            invoice_xml(str(offset + n), "2024-05-01T10:00:00+00:00") for n in range(size)
-        )
+        body = "".join(summary_xml(str(offset + n)) for n in range(size))
         return xml_response(invoices_xml(body, 250))
 
     with respx.mock(base_url=BASE) as mock:
         route = mock.get("/api/invoices/").mock(side_effect=page)
+        details = full_invoices(mock)
         client = make_client()
         invoices = [invoice async for invoice in client.iter_invoices_since(None)]
         await client.aclose()
-    assert len(invoices) == 250
+    assert len(invoices) == 250 and details.call_count == 250
     queries = [parse_qs(urlparse(str(call.request.url)).query) for call in route.calls]
     assert [(q["count"][0], q["offset"][0]) for q in queries] == [
         ("100", "0"),
         ("100", "100"),
         ("100", "200"),
     ]
-    assert all("filter" not in q for q in queries)
+    assert all("filter" not in q and "order_by" not in q for q in queries)
 
 
 async def test_paging_stops_on_short_page_without_total_count() -> None:
     with respx.mock(base_url=BASE) as mock:
         route = mock.get("/api/invoices/").mock(
-            return_value=xml_response(invoices_xml(invoice_xml("1", "2024-05-01T10:00:00")))
+            return_value=xml_response(invoices_xml(summary_xml("1")))
         )
+        full_invoices(mock)
         client = make_client()
         invoices = [invoice async for invoice in client.iter_invoices_since(None)]
         await client.aclose()
@@ -292,84 +339,179 @@ async def test_since_cursor_returns_only_invoices_modified_at_or_after_it(
     client = make_client(sim)
     since = T0 + timedelta(hours=2)
     found = [invoice async for invoice in client.iter_invoices_since(since)]
-    assert [invoice.invoice_id for invoice in found] == ids[2:]
+    assert sorted(invoice.invoice_id for invoice in found) == ids[2:]
     assert all(invoice.modified_at >= since for invoice in found)
     await client.aclose()
 
 
-async def test_since_filter_is_sent_and_naive_cursor_read_as_utc() -> None:
+async def test_since_filter_is_the_connectors_and_reads_the_cursors_second_again() -> None:
+    """issue 15: the field is `datetime_modified` and the operator `>` (the connector's query);
+    `date_modified >=` and `order_by` were guesses."""
     with respx.mock(base_url=BASE) as mock:
         route = mock.get("/api/invoices/").mock(return_value=xml_response(invoices_xml("", 0)))
         client = make_client()
-        _ = [invoice async for invoice in client.iter_invoices_since(datetime(2024, 5, 1, 9, 0))]
+        since = datetime(2024, 5, 1, 9, 0, 0, 250000)
+        _ = [invoice async for invoice in client.iter_invoices_since(since)]
         await client.aclose()
     query = parse_qs(urlparse(str(route.calls.last.request.url)).query)
-    assert query["filter"] == ['(date_modified >= "2024-05-01T09:00:00+00:00")']
-    assert query["order_by"] == ["date_modified"]
+    assert query["filter"] == ['datetime_modified > "2024-05-01T08:59:59"']
+    assert "order_by" not in query
 
 
-async def test_parses_lines_and_payments_in_variant_shapes() -> None:
-    variant = """<?xml version="1.0"?>
-    <invoices><total_count>1</total_count>
-      <invoice><id>77</id>
-        <datetime_modified>2024-05-02 10:30:00</datetime_modified>
-        <customer><id>42</id></customer>
-        <po_number>ext-9</po_number>
-        <line_items>
-          <line_item><product><name>GiftCard Reload</name></product>
-            <serial_number>ABC12345</serial_number><sell_price>10.50</sell_price><qty>2</qty>
-          </line_item>
-          <line_item><product><code>giftcard</code></product>
-            <description>anything</description><serial>DEF67890</serial><price>5</price>
-          </line_item>
-          <line_item><product><code>MUG</code></product><description>Mug</description>
-            <price>12.00</price><quantity>1</quantity></line_item>
-          <line_item><description>Gift Card</description><price>9.00</price></line_item>
-        </line_items>
-        <payments>
-          <payment><payment_method><name>GIFT-CARD</name></payment_method>
-            <amount>7.25</amount><serial>XYZ99999</serial></payment>
-          <payment><type>gift card</type><total>1.00</total><reference>ABC12345</reference></payment>
-          <payment><method>Cash</method><amount>3.00</amount><reference>till 2</reference></payment>
-        </payments>
-      </invoice>
-    </invoices>"""
+@pytest.mark.parametrize(
+    "readings", [OnSiteReadings.strict(), OnSiteReadings.lenient()], ids=["strict", "lenient"]
+)
+async def test_a_list_of_summaries_is_followed_to_each_invoice_uri(
+    readings: OnSiteReadings,
+) -> None:
+    """issue 15: a list holds summaries; lines, payments and the modification date are only at
+    each invoice's `uri` (and each payment's)."""
+    sim = make_sim(readings=readings)
+    ada = sim.add_customer("Ada", "Lovelace", "ada@example.com")
+    sold = sim.sell_gift_card_in_store("CARD7777", Decimal("30.00"), ada)
+    spent = sim.redeem_in_store("CARD7777", Decimal("12.50"))
+    client = make_client(sim)
+    invoices = {invoice.invoice_id: invoice async for invoice in client.iter_invoices_since(None)}
+    await client.aclose()
+    assert invoices[sold].customer_id == ada
+    assert invoices[sold].lines == [OnSiteGiftCardLine("CARD7777", Decimal("30.00"))]
+    assert invoices[sold].payments == []
+    assert invoices[spent].lines == []
+    assert invoices[spent].payments == [OnSiteGiftCardPayment("CARD7777", Decimal("12.50"))]
+    paths = {path for method, path in sim.request_log if method == "GET"}
+    assert {f"/api/invoices/{sold}/", f"/api/invoices/{spent}/payments/1/"} <= paths
+
+
+async def test_the_documented_list_and_invoice_are_read_with_their_element_names() -> None:
+    """issue 15: the customer is `invoice_customer/customer`, a line's product
+    `lineitem_product`, its price `sell_price` (the tutorial's list, the connector's invoice)."""
+    line = (
+        '<lineitem uri="https://localhost:9630/api/invoices/6/lineitems/23/" id="23" '
+        'full_render="true"><serial>PLUSH0001</serial></lineitem>'
+    )
+    payment = (
+        '<payment uri="https://localhost:9630/api/invoices/6/payments/5/" id="5">'
+        "<payment_method><name>Gift Card</name></payment_method><total>7.25</total>"
+        "<card_number>GC0000001</card_number></payment>"
+    )
+    sixteen = invoice_xml("16", "2017-07-11T14:46:11.497143")
     with respx.mock(base_url=BASE) as mock:
-        mock.get("/api/invoices/").mock(return_value=xml_response(variant))
+        mock.get("/api/invoices/").mock(
+            return_value=xml_response(fixture_xml("invoices_list.xml").decode())
+        )
+        mock.get("/api/invoices/6/").mock(
+            return_value=xml_response(fixture_xml("invoice_full.xml").decode())
+        )
+        mock.get("/api/invoices/16/").mock(return_value=xml_response(sixteen))
+        mock.get("/api/invoices/6/lineitems/23/").mock(return_value=xml_response(line))
+        mock.get("/api/invoices/6/payments/5/").mock(return_value=xml_response(payment))
+        # As if the merchant's gift card product were the plush toy (code 15).
+        client = make_client(gift_card_product_code="15")
+        invoices = [invoice async for invoice in client.iter_invoices_since(None)]
+        await client.aclose()
+    six = next(invoice for invoice in invoices if invoice.invoice_id == "6")
+    assert six.modified_at == datetime(2015, 3, 19, 1, 32, 6, 310836, tzinfo=UTC)
+    assert six.customer_id is None and six.reference is None
+    assert six.lines == [OnSiteGiftCardLine("PLUSH0001", Decimal("50.000000"))]
+    assert six.payments == [OnSiteGiftCardPayment("GC0000001", Decimal("7.25"))]
+    assert sorted(invoice.invoice_id for invoice in invoices) == ["16", "6"]
+
+
+async def test_a_gift_card_line_without_a_serial_anywhere_is_dropped_and_said() -> None:
+    extra = (
+        '<lineitems><lineitem uri="/api/invoices/9/lineitems/1/" id="1" full_render="false">'
+        "<quantity>1.000</quantity><sell_price>9.000</sell_price>"
+        "<lineitem_product><code>GIFTCARD</code></lineitem_product></lineitem></lineitems>"
+    )
+    with respx.mock(base_url=BASE) as mock:
+        mock.get("/api/invoices/").mock(
+            return_value=xml_response(invoices_xml(summary_xml("9"), 1))
+        )
+        mock.get("/api/invoices/9/").mock(
+            return_value=xml_response(invoice_xml("9", "2024-05-02 10:30:00", "ext-9", extra))
+        )
+        mock.get("/api/invoices/9/lineitems/1/").mock(
+            return_value=xml_response('<lineitem id="1"><quantity>1.000</quantity></lineitem>')
+        )
         client = make_client()
         with capture_logs() as logs:
             [invoice] = [invoice async for invoice in client.iter_invoices_since(None)]
         await client.aclose()
-    assert invoice.invoice_id == "77"
     assert invoice.modified_at == datetime(2024, 5, 2, 10, 30, tzinfo=UTC)
-    assert invoice.customer_id == "42"
-    assert invoice.reference == "ext-9"
-    assert invoice.lines == [
-        OnSiteGiftCardLine("ABC12345", Decimal("21.00")),
-        OnSiteGiftCardLine("DEF67890", Decimal("5")),
-    ]
-    assert invoice.payments == [
-        OnSiteGiftCardPayment("XYZ99999", Decimal("7.25")),
-        OnSiteGiftCardPayment("ABC12345", Decimal("1.00")),
-    ]
-    # The gift card line without a serial cannot be mapped: dropped, and said so.
+    assert invoice.reference == "ext-9" and invoice.lines == []
     warnings = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
     assert warnings == ["onsite_gift_card_line_without_serial"]
 
 
-async def test_parses_the_simulator_shape_with_customer_attribute() -> None:
-    sim = make_sim()
-    ada = sim.add_customer("Ada", "Lovelace", "ada@example.com")
-    sim.sell_gift_card_in_store("CARD7777", Decimal("30.00"), ada)
-    sim.redeem_in_store("CARD7777", Decimal("12.50"))
+# --- the set-up (issue 15: the product, the payment method and the filter must exist) -------
+
+
+@pytest.mark.parametrize(
+    "readings", [OnSiteReadings.strict(), OnSiteReadings.lenient()], ids=["strict", "lenient"]
+)
+async def test_the_correct_set_up_passes(readings: OnSiteReadings) -> None:
+    sim = make_sim(readings=readings)
     client = make_client(sim)
-    sold, redeemed = [invoice async for invoice in client.iter_invoices_since(None)]
-    assert sold.customer_id == ada
-    assert sold.lines == [OnSiteGiftCardLine("CARD7777", Decimal("30.00"))]
-    assert sold.payments == []
-    assert redeemed.lines == []
-    assert redeemed.payments == [OnSiteGiftCardPayment("CARD7777", Decimal("12.50"))]
+    checks = {check.name: check for check in await client.setup_checks()}
     await client.aclose()
+    assert checks["onsite_gift_card_product"].ok and checks["onsite_modified_filter"].ok
+    method = checks["onsite_payment_method"]
+    if readings.payment_methods_resource:
+        assert (method.ok, method.severity) == (True, "error")
+    else:
+        # No resource to read them from: only a warning, the first invoice tells.
+        assert (method.ok, method.severity) == (False, "warning")
+
+
+async def test_a_missing_product_is_an_error_and_nothing_is_written() -> None:
+    sim = make_sim()
+    client = make_client(sim, gift_card_product_code="GIFT-CARD-X")
+    checks = {check.name: check for check in await client.setup_checks()}
+    with pytest.raises(OnSiteSetupError, match="GIFT-CARD-X"):
+        await client.post_balance_move("CARD0001", Decimal("5.00"), reference="r-x")
+    await client.aclose()
+    product = checks["onsite_gift_card_product"]
+    assert (product.ok, product.severity, product.setting) == (
+        False,
+        "error",
+        "ONSITE_GIFT_CARD_PRODUCT_CODE",
+    )
+    assert sim.invoices == {} and ("POST", "/api/invoices/") not in sim.request_log
+
+
+async def test_a_missing_payment_method_is_an_error_where_the_server_lists_them() -> None:
+    sim = make_sim(readings=OnSiteReadings.lenient())
+    client = make_client(sim, payment_method="giftsync online")
+    checks = {check.name: check for check in await client.setup_checks()}
+    with pytest.raises(OnSiteSetupError):
+        await client.post_balance_move("CARD0001", Decimal("5.00"), reference="r-y")
+    await client.aclose()
+    assert (checks["onsite_payment_method"].ok, checks["onsite_payment_method"].severity) == (
+        False,
+        "error",
+    )
+    assert sim.invoices == {}
+
+
+async def test_a_refused_modified_filter_is_an_error() -> None:
+    with respx.mock(base_url=BASE) as mock:
+        mock.get("/api/products/").mock(
+            return_value=xml_response(
+                '<products total_count="1"><product id="1"><code>GIFTCARD</code></product></products>'
+            )
+        )
+        mock.get("/api/payment_methods/").mock(return_value=httpx.Response(404))
+        mock.get("/api/invoices/").mock(
+            return_value=xml_response("<error><code>invalid_filter</code></error>", 400)
+        )
+        client = make_client()
+        checks = {check.name: check for check in await client.setup_checks()}
+        await client.aclose()
+    assert (checks["onsite_modified_filter"].ok, checks["onsite_modified_filter"].severity) == (
+        False,
+        "error",
+    )
+    assert "invalid_filter" in checks["onsite_modified_filter"].detail
 
 
 # --- writing balance moves ----------------------------------------------------------------------
@@ -396,8 +538,10 @@ async def test_load_and_redeem_are_written_as_invoices() -> None:
     assert sim.invoices[load_id].notes == "#1001"
     redeem = await client.find_invoice_by_reference("order:2:redeem")
     assert redeem is not None
-    assert redeem.lines == []
-    assert redeem.payments == [OnSiteGiftCardPayment("WEB00001", Decimal("15.25"))]
+    # Taken off as a gift card line of -1, paid out to the merchant's own method.
+    assert redeem.lines == [OnSiteGiftCardLine("WEB00001", Decimal("-15.25"))]
+    assert redeem.payments == []
+    assert [p.method for p in sim.invoices[redeem_id].payments] == ["Shopify"]
     await client.aclose()
 
 
@@ -405,19 +549,21 @@ async def test_write_body_on_the_wire() -> None:
     with respx.mock(base_url=BASE) as mock:
         mock.get("/api/invoices/").mock(return_value=xml_response(invoices_xml("", 0)))
         post = mock.post("/api/invoices/").mock(
-            return_value=xml_response(invoice_xml("501", "2024-05-01T10:00:00Z", "ref-1"), 201)
+            return_value=xml_response(invoice_xml("501", "2024-05-01T10:00:00", "ref-1"), 201)
         )
-        client = make_client()
+        client = ready(make_client())
         assert await client.post_balance_move("SER1", Decimal("-2.50"), reference="ref-1") == "501"
         await client.aclose()
     request = post.calls.last.request
     assert request.headers["Content-Type"] == "application/xml"
     body = request.content.decode()
-    assert "<reference>ref-1</reference>" in body
+    assert "<import_id>ref-1</import_id>" in body
     assert (
-        "<payment><method>Gift Card</method><amount>2.50</amount><reference>SER1</reference>"
-        in body
-    )
+        "<lineitems><lineitem><quantity>-1</quantity><sell_price>2.50</sell_price>"
+        "<lineitem_product><code>GIFTCARD</code></lineitem_product><serial>SER1</serial>"
+        "</lineitem></lineitems><payments><payment><method>Shopify</method>"
+        "<amount>-2.50</amount></payment></payments>"
+    ) in body
 
 
 async def test_redeem_above_balance_is_rejected_with_the_server_code() -> None:
@@ -457,17 +603,19 @@ async def test_lost_answer_is_resolved_by_reference_and_retry_applies_nothing_mo
 
 
 async def test_unresolvable_lost_answer_is_unknown_outcome_then_retry_finds_it() -> None:
-    applied = invoice_xml("900", "2024-05-01T10:00:00Z", "job-x")
     with respx.mock(base_url=BASE) as mock:
         lookups = mock.get("/api/invoices/").mock(
             side_effect=[
                 xml_response(invoices_xml("", 0)),  # before sending
                 xml_response(invoices_xml("", 0)),  # after the lost answer: not visible yet
-                xml_response(invoices_xml(applied, 1)),  # the caller's retry
+                xml_response(invoices_xml(summary_xml("900"), 1)),  # the caller's retry
             ]
         )
+        mock.get("/api/invoices/900/").mock(
+            return_value=xml_response(invoice_xml("900", "2024-05-01T10:00:00", "job-x"))
+        )
         post = mock.post("/api/invoices/").mock(side_effect=httpx.ReadTimeout("lost"))
-        client = make_client()
+        client = ready(make_client())
         with pytest.raises(OnSiteUnknownOutcome) as caught:
             await client.post_balance_move("SER2", Decimal("5.00"), reference="job-x")
         assert caught.value.reference == "job-x"
@@ -483,10 +631,10 @@ async def test_503_on_write_was_not_sent_and_is_sent_again_without_a_look_up() -
         post = mock.post("/api/invoices/").mock(
             side_effect=[
                 xml_response("<error><code>busy</code></error>", 503),
-                xml_response(invoice_xml("77", "2024-05-01T10:00:00Z", "j"), 201),
+                xml_response(invoice_xml("77", "2024-05-01T10:00:00", "j"), 201),
             ]
         )
-        client = make_client()
+        client = ready(make_client())
         assert await client.post_balance_move("S", Decimal("1.00"), reference="j") == "77"
         await client.aclose()
     assert post.call_count == 2
@@ -502,9 +650,9 @@ async def test_a_write_never_sent_is_sent_again(failure: Exception) -> None:
     with respx.mock(base_url=BASE) as mock:
         lookups = mock.get("/api/invoices/").mock(return_value=xml_response(invoices_xml("", 0)))
         post = mock.post("/api/invoices/").mock(
-            side_effect=[failure, xml_response(invoice_xml("78", "2024-05-01T10:00:00Z", "k"), 201)]
+            side_effect=[failure, xml_response(invoice_xml("78", "2024-05-01T10:00:00", "k"), 201)]
         )
-        client = make_client()
+        client = ready(make_client())
         assert await client.post_balance_move("S", Decimal("1.00"), reference="k") == "78"
         await client.aclose()
     assert post.call_count == 2
@@ -515,7 +663,7 @@ async def test_500_on_write_is_not_blindly_resent() -> None:
     with respx.mock(base_url=BASE) as mock:
         mock.get("/api/invoices/").mock(return_value=xml_response(invoices_xml("", 0)))
         post = mock.post("/api/invoices/").mock(return_value=xml_response("<error/>", 500))
-        client = make_client()
+        client = ready(make_client())
         with pytest.raises(OnSiteUnknownOutcome):
             await client.post_balance_move("S", Decimal("1.00"), reference="j")
         await client.aclose()
@@ -682,7 +830,7 @@ async def test_entity_bomb_in_a_write_answer_is_resolved_by_reference() -> None:
     with respx.mock(base_url=BASE) as mock:
         mock.get("/api/invoices/").mock(return_value=xml_response(invoices_xml("", 0)))
         mock.post("/api/invoices/").mock(return_value=xml_response(BOMB, 201))
-        client = make_client()
+        client = ready(make_client())
         async with asyncio.timeout(5):
             with pytest.raises(OnSiteUnknownOutcome):
                 await client.post_balance_move("S", Decimal("1.00"), reference="bomb")

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
+from datetime import UTC, datetime
 
 from sqlalchemy import text
 
@@ -65,22 +67,76 @@ async def test_two_replicas_migrating_at_once_take_turns(server_url: str) -> Non
 
 
 async def test_pin_can_only_be_stored_while_the_hold_is_open(engine) -> None:  # type: ignore[no-untyped-def]
+    """`pin_only_until_settled`: a closed card keeps its PIN until capture and cancel are
+    confirmed (the close needs it to capture); once `settled_at` is set the PIN must be gone."""
     import pytest
     from sqlalchemy.exc import IntegrityError
 
-    async with engine.begin() as connection:
-        card_id = await connection.scalar(
-            text(
-                "INSERT INTO gift_cards (id, kind, currency) VALUES (gen_random_uuid(), 'vii_shadow', 'AUD') RETURNING id"
+    insert = text(
+        "INSERT INTO shadow_cards (id, card_id, checkout_token, vii_card_hash, vii_last4, "
+        "pin_ciphertext, state, expires_at, settled_at) VALUES (:id, :c, 't', 'h', '7890', "
+        ":pin, :state, now(), :settled) RETURNING id"
+    )
+
+    async def card() -> object:
+        async with engine.begin() as connection:
+            return await connection.scalar(
+                text(
+                    "INSERT INTO gift_cards (id, kind, currency) "
+                    "VALUES (gen_random_uuid(), 'vii_shadow', 'AUD') RETURNING id"
+                )
             )
+
+    def row(card_id: object, *, pin: bytes | None, state: str, settled: bool) -> dict[str, object]:
+        return {
+            "id": uuid.uuid4(),
+            "c": card_id,
+            "pin": pin,
+            "state": state,
+            "settled": datetime.now(UTC) if settled else None,
+        }
+
+    # Closed but not settled yet: the close still needs the PIN to capture.
+    async with engine.begin() as connection:
+        closed = await connection.scalar(
+            insert, row(await card(), pin=b"\x00", state="captured", settled=False)
+        )
+    # Settled with the PIN still there: refused.
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert, row(await card(), pin=b"\x00", state="captured", settled=True)
+            )
+    # Settling the closed card without erasing its PIN: refused; erasing it with it: fine.
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE shadow_cards SET settled_at = now() WHERE id = :id"), {"id": closed}
+            )
+    async with engine.begin() as connection:
+        await connection.execute(
+            text(
+                "UPDATE shadow_cards SET settled_at = now(), pin_ciphertext = NULL WHERE id = :id"
+            ),
+            {"id": closed},
+        )
+        erased = await connection.scalar(
+            text("SELECT pin_ciphertext IS NULL FROM shadow_cards WHERE id = :id"), {"id": closed}
+        )
+    assert erased is True
+    # An abandoned intent is settled and PIN-less like any closed card.
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert, row(await card(), pin=None, state="abandoned", settled=True)
         )
     with pytest.raises(IntegrityError):
         async with engine.begin() as connection:
             await connection.execute(
-                text(
-                    "INSERT INTO shadow_cards (id, card_id, checkout_token, vii_card_hash, vii_last4, "
-                    "pin_ciphertext, state, expires_at) VALUES (gen_random_uuid(), :c, 't', 'h', '7890', "
-                    "'\\x00', 'captured', now())"
-                ),
-                {"c": card_id},
+                insert, row(await card(), pin=b"\x00", state="abandoned", settled=True)
+            )
+    # States outside the design are refused.
+    with pytest.raises(IntegrityError):
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert, row(await card(), pin=None, state="settled", settled=False)
             )

@@ -29,7 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.clients.factory import Clients
-from app.clients.lightspeed import LightspeedClient
+from app.clients.lightspeed import LightspeedClient, SaleSetup
 from app.clients.onsite import OnSiteClient
 from app.clients.shopify import ShopifyClient
 from app.clients.throttle import CostBucket
@@ -44,7 +44,6 @@ from app.sandbox.shopify import ShopifySimulator
 from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
 from app.settings import BalanceSign, PosKind
 from app.sync.omni import OmniSync
-from app.sync.omni_polling import install_omni
 from app.sync.pos_factory import build_pos
 from app.sync.shadow import ShadowDeps
 from app.sync.shadow.gate import CardGate
@@ -278,16 +277,17 @@ async def run_jobs(runtime: Runtime, engine: AsyncEngine, *, rounds: int = 25) -
 
 
 async def end_search_grace(engine: AsyncEngine) -> None:
-    """A close job for a lost create keeps the hold while Shopify's search may lag the create
-    (2 minutes); end that grace now rather than wait for it."""
+    """The recovery of an apply whose Shopify card is not known keeps the hold while Shopify's
+    search may lag a create (2 minutes after the intent was written); end that grace now
+    rather than wait for it."""
     async with engine.begin() as connection:
         await connection.execute(
             text(
-                "UPDATE jobs SET run_at = now(), payload = jsonb_set(payload, '{search_until}', "
-                "'\"2000-01-01T00:00:00+00:00\"') WHERE kind = 'shadow.close' "
-                "AND payload ? 'search_until'"
+                "UPDATE shadow_cards SET created_at = created_at - interval '1 hour' "
+                "WHERE shopify_gift_card_id IS NULL AND settled_at IS NULL"
             )
         )
+        await connection.execute(text("UPDATE jobs SET run_at = now() WHERE state = 'queued'"))
 
 
 async def unfinished_jobs(engine: AsyncEngine) -> list[tuple[str, str, str | None]]:
@@ -319,13 +319,33 @@ class ShadowRig:
         self.vii_sim.add_card(number, pin, Decimal(balance))
         self.vii_cards[number] = Decimal(balance)
 
+    apply_tokens: dict[str, str] = field(default_factory=dict)
+    """checkoutToken -> the `applyToken` the last successful answer for it gave."""
+
     async def apply(
-        self, cart: str, *, card: str, pin: str | None, token: str = "c-1"
+        self,
+        cart: str,
+        *,
+        card: str,
+        pin: str | None,
+        token: str = "c-1",
+        apply_token: str | None = None,
     ) -> httpx.Response:
         body: dict[str, Any] = {"viiCardNumber": card, "cartTotal": cart, "checkoutToken": token}
         if pin is not None:
             body["viiCardPin"] = pin
-        return await self.http.post("/check-balance", json=body)
+        if apply_token is not None:
+            body["applyToken"] = apply_token
+        response = await self.http.post("/check-balance", json=body)
+        if response.status_code == 200:
+            self.apply_tokens[token] = response.json()["applyToken"]
+        return response
+
+    async def resize(self, cart: str, *, card: str, token: str = "c-1") -> httpx.Response:
+        """A re-size as the checkout makes it: no PIN, the apply token it was given."""
+        return await self.apply(
+            cart, card=card, pin=None, token=token, apply_token=self.apply_tokens[token]
+        )
 
     async def release(self, code: str, *, token: str = "c-1") -> httpx.Response:
         return await self.http.post(
@@ -389,36 +409,60 @@ class ShadowRig:
             rows = await connection.execute(
                 text(
                     "SELECT id, state, vii_last4, hold_code, hold_amount_minor, "
-                    "applied_amount_minor, captured_amount_minor, shopify_gift_card_id, "
-                    "pin_ciphertext, card_number_ciphertext FROM shadow_cards"
+                    "applied_amount_minor, loaded_minor, captured_amount_minor, "
+                    "shopify_gift_card_id, applied_unconfirmed, unconfirmed_move_minor, "
+                    "settled_at, pin_ciphertext, card_number_ciphertext "
+                    "FROM shadow_cards ORDER BY created_at"
                 )
             )
             return list(rows.all())
+
+    def spent_on_shopify(self, gid: str) -> Decimal:
+        """What orders took from a Shopify card: every move on it not made by giftsync."""
+        moves = self.shop_sim.card(gid)["transactions"]
+        return -sum(
+            (Decimal(t["amount"]) for t in moves if "[giftsync:" not in (t["note"] or "")),
+            Decimal(0),
+        )
 
     async def assert_consistent(self) -> None:
         """No hold without a live shadow card, no live card without its hold, money exact.
 
         Each open Vii hold is the hold of an `applied` shadow card, at that card's hold amount;
         each enabled Shopify card is the card of an `applied` shadow card, at its applied
-        amount; each Vii card's balance is its start minus what was captured from it; nothing
-        is left in the job queue; a closed shadow card keeps no PIN and no card number.
+        amount (nothing at all while no hold backs it, as after a re-hold Vii failed), and what
+        giftsync put on it minus its balance is what orders spent (no move left unconfirmed);
+        every other shadow card is settled: Vii captured exactly what its Shopify card spent,
+        and it keeps no PIN and no card number; each Vii card's balance is its start minus
+        what was captured from it, whatever closed the card; nothing is left in the job queue.
         """
         rows = await self.shadow_rows()
         applied = [r for r in rows if r.state == "applied"]
-        assert self.open_holds() == {r.hold_code: from_minor(r.hold_amount_minor) for r in applied}
-        assert self.live_shopify_cards() == {
-            r.shopify_gift_card_id: from_minor(r.applied_amount_minor) for r in applied
+        assert self.open_holds() == {
+            r.hold_code: from_minor(r.hold_amount_minor) for r in applied if r.hold_code
         }
-        for number, start in self.vii_cards.items():
-            captured = sum(
-                r.captured_amount_minor or 0
-                for r in rows
-                if r.vii_last4 == number[-4:] and r.state == "captured"
+        assert self.live_shopify_cards() == {
+            r.shopify_gift_card_id: from_minor(r.applied_amount_minor if r.hold_code else 0)
+            for r in applied
+        }
+        for row in applied:
+            balance = self.shop_sim.card(row.shopify_gift_card_id)["balance"]
+            spent = from_minor(row.loaded_minor) - Decimal(str(balance))
+            assert (spent, row.applied_unconfirmed) == (
+                self.spent_on_shopify(row.shopify_gift_card_id),
+                False,
             )
-            assert self.vii_sim.balance(number) == start - from_minor(captured), number[-4:]
         for row in rows:
-            if row.state != "applied":
-                assert row.pin_ciphertext is None and row.card_number_ciphertext is None
+            if row.state == "applied":
+                continue
+            assert row.settled_at is not None, row.state
+            assert row.pin_ciphertext is None and row.card_number_ciphertext is None
+            if row.shopify_gift_card_id is not None:
+                spent = self.spent_on_shopify(row.shopify_gift_card_id)
+                assert from_minor(row.captured_amount_minor) == spent, row.state
+        for number, start in self.vii_cards.items():
+            captured = sum(r.captured_amount_minor for r in rows if r.vii_last4 == number[-4:])
+            assert self.vii_sim.balance(number) == start - from_minor(captured), number[-4:]
         assert await unfinished_jobs(self.engine) == []
 
 
@@ -584,6 +628,7 @@ async def omni_rig(
             base_url="https://ls.sim",
             token_url="https://ls.sim/auth/oauth/token",
             balance_sign=BalanceSign(sign_),
+            sale_setup=SaleSetup(**ls_sim.correct_set_up()),
             timeout=CLIENT_TIMEOUT,
             transport=pos_wire,
         )
@@ -600,13 +645,15 @@ async def omni_rig(
             timeout=CLIENT_TIMEOUT,
             retry_base_delay=0.0,
             transport=pos_wire,
+            **onsite_sim.correct_set_up(),
         )
     pos = build_pos(settings, Clients(shopify=shop, pos=pos_client), runtime.sessions)
     assert pos is not None
     omni = OmniSync(runtime.sessions, settings, shop, pos)
     runtime.omni = omni
     install_features(runtime)
-    pollers = install_omni(runtime, omni)
+    pollers = runtime.pollers
+    assert pollers is not None
     flow = Omni(
         runtime, shop_sim, shop, pos_kind, ls_sim, onsite_sim, pos_client, pos, omni, pollers
     )

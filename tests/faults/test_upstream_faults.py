@@ -4,8 +4,8 @@ Each upstream (Vii, Shopify, Lightspeed R-Series, OnSite) is made slow (beyond t
 timeout), down (connection refused, 503), throttling (Shopify THROTTLED, HTTP 429), answering
 garbage (an HTML error page, a body cut short, wrong types) or losing its answer after applying
 the request. Then, through the flows the service really runs (`POST /check-balance` and its
-release, the capture after `orders/paid` through the webhook inbox and the worker, the omni
-pollers and move jobs), each test shows:
+release, the close job that captures after `orders/paid` through the webhook inbox and the
+worker, the omni pollers and move jobs), each test shows:
 
 - the service answers within its timeouts with the documented 503 problem (never a 500, never a
   hang; acknowledging a webhook touches no upstream at all);
@@ -18,11 +18,11 @@ A test marked `xfail(strict=True)` is a bug found here (its reason names the cod
 today, and once the code is fixed it passes and must lose its mark.
 
 Already covered elsewhere, and not repeated here:
-- tests/sync/test_shadow_cards.py: Shopify 503 at apply (close job, search grace), Vii 503 at
-  apply (status only), a lost pre-auth answer (Undo), a failed re-hold (cancel or pre-auth
-  raising), release after an uncaptured spend.
-- tests/sync/test_shadow_capture.py: a lost capture answer (Undo, then one debit), a crash
-  after Vii approved the capture.
+- tests/sync/shadow/test_intents.py: an unexpected exception at every apply step (the durable
+  intent the recovery job reverses), a Shopify refusal of the create (hold freed before the
+  503), an unknown create (hold kept until search shows no card).
+- tests/sync/shadow/test_money_rules.py: release, expiry, cancellation and late or duplicated
+  webhooks around spends; the close captures what the deactivated card spent.
 - tests/sync/test_omni.py: Shopify 503 during a mirrored move, retried until it lands.
 - tests/sync/test_pos_lightspeed.py, tests/sync/test_pos_onsite.py: lost answers and 503s at
   the POS adapters; tests/clients/test_*.py: each client's own error mapping on the wire.
@@ -135,6 +135,15 @@ async def apply_ok(rig: ShadowRig, cart: str, *, pin: str | None = PIN) -> dict[
     return answer
 
 
+async def resize_ok(rig: ShadowRig, cart: str) -> dict[str, Any]:
+    """A re-size with the apply token the last answer gave (no PIN), as the checkout sends it."""
+    response = await answered(rig.resize(cart, card=CARD))
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    assert answer["applyToken"] == rig.apply_tokens["c-1"]
+    return answer
+
+
 # --- checkout: Vii faults at apply ------------------------------------------------------------
 
 VII_AT_APPLY: dict[str, Fault] = {
@@ -162,6 +171,18 @@ VII_AT_APPLY: dict[str, Fault] = {
 }
 
 
+# The faults at the pre-auth, each with whether Vii placed the hold before its answer was lost.
+# These leave the outcome of the pre-auth unknown: the apply's durable intent (a `pending` row
+# written before Vii was asked) stays for the recovery job.
+PRE_AUTH_HOLD_PLACED = {
+    "pre-auth-slow": False,
+    "pre-auth-cut-short": True,
+    "pre-auth-wrong-types": True,
+}
+# A 503 says Vii did nothing (app/clients/delivery.py): the intent is closed at once, settled.
+PRE_AUTH_NOT_DONE = {"pre-auth-503"}
+
+
 @pytest.mark.parametrize("fault", VII_AT_APPLY)
 async def test_vii_fault_at_apply_is_a_503_that_leaves_nothing_and_recovers(
     rig: ShadowRig, fault: str
@@ -170,16 +191,44 @@ async def test_vii_fault_at_apply_is_a_503_that_leaves_nothing_and_recovers(
     response = await answered(rig.apply("20.00", card=CARD, pin=PIN))
     assert_problem(response, 503, "vii_unavailable")
     assert rig.live_shopify_cards() == {}
-    assert await rig.shadow_rows() == []
+    if fault in PRE_AUTH_NOT_DONE:
+        [intent] = await rig.shadow_rows()
+        assert (intent.state, intent.hold_code, intent.shopify_gift_card_id) == (
+            "abandoned",
+            None,
+            None,
+        )
+        assert rig.open_holds() == {}
+        assert await unfinished_jobs(rig.engine) == []
+    elif fault in PRE_AUTH_HOLD_PLACED:
+        [intent] = await rig.shadow_rows()
+        assert (intent.state, intent.hold_code, intent.shopify_gift_card_id) == (
+            "pending",
+            None,
+            None,
+        )
+        placed = PRE_AUTH_HOLD_PLACED[fault]
+        assert list(rig.open_holds().values()) == ([Decimal("20.00")] if placed else [])
+        assert [job[:2] for job in await unfinished_jobs(rig.engine)] == [
+            ("shadow.recover", "queued")
+        ]
+    else:
+        # Vii failed before any hold was asked for: nothing was written.
+        assert await rig.shadow_rows() == []
+        assert await unfinished_jobs(rig.engine) == []
 
     # While Vii is still failing, compensation keeps being retried, never given up.
     await rig.run_jobs(rounds=2)
     assert not [job for job in await unfinished_jobs(rig.engine) if job[1] == "dead"]
 
     rig.clear_faults()
+    await end_search_grace(rig.engine)  # no Shopify card was ever asked for
     await rig.run_jobs()
     await rig.assert_consistent()  # a hold Vii made anyway has been undone
     assert rig.open_holds() == {}
+    assert [row.state for row in await rig.shadow_rows()] == (
+        ["abandoned"] if fault in PRE_AUTH_HOLD_PLACED or fault in PRE_AUTH_NOT_DONE else []
+    )
 
     answer = await apply_ok(rig, "20.00")
     assert answer["amountApplied"] == "20.00" and answer["viiBalance"] == "50.00"
@@ -321,7 +370,7 @@ async def test_shopify_fault_at_resize_keeps_card_and_record_in_step(
     code = (await apply_ok(rig, "40.00"))["shopifyGiftCardCode"]
     make_fault, outcome = SHOPIFY_AT_RESIZE[fault]
     make_fault(rig)
-    response = await answered(rig.apply("30.00", card=CARD, pin=None))
+    response = await answered(rig.resize("30.00", card=CARD))
     if outcome == "recovered":
         assert response.status_code == 200, response.text
         assert response.json()["amountApplied"] == "30.00"
@@ -329,7 +378,7 @@ async def test_shopify_fault_at_resize_keeps_card_and_record_in_step(
         assert_problem(response, 503, "shopify_unavailable")
     rig.clear_faults()
     await rig.assert_consistent()  # the card holds exactly what the service recorded
-    again = await apply_ok(rig, "25.00", pin=None)
+    again = await resize_ok(rig, "25.00")
     assert again["shopifyGiftCardCode"] == code and again["amountApplied"] == "25.00"
     assert rig.live_shopify_cards() == {rig.card_by_code(code)["id"]: Decimal("25.00")}
     assert rig.open_holds() and sum(rig.open_holds().values()) == Decimal("40.00")
@@ -337,34 +386,109 @@ async def test_shopify_fault_at_resize_keeps_card_and_record_in_step(
 
 
 @pytest.mark.parametrize(
-    "make_fault",
+    ("make_fault", "confirmed"),
     [
+        # The debit landed, its answer was lost and the look-up by its key failed too: the
+        # move stays recorded as unconfirmed (503), never as "nothing happened".
         pytest.param(
             lambda rig: (
                 rig.shop_wire.lose(shopify_op("GiftCardDebit")),
                 rig.shop_wire.refuse(shopify_op("GiftCardTransactions")),
             ),
+            False,
             id="debit-lost-and-lookup-down",
         ),
+        # The debit landed and its answer is unreadable: the client finds it by its key.
         pytest.param(
             lambda rig: rig.shop_wire.garble(
                 replace_json_values("amount", "abc"), match=shopify_op("GiftCardDebit")
             ),
+            True,
             id="debit-wrong-types-after-applying",
         ),
     ],
 )
 async def test_an_unknown_resize_outcome_is_not_recorded_as_unchanged(
-    rig: ShadowRig, make_fault: Fault
+    rig: ShadowRig, make_fault: Fault, confirmed: bool
 ) -> None:
-    await apply_ok(rig, "40.00")
+    code = (await apply_ok(rig, "40.00"))["shopifyGiftCardCode"]
     make_fault(rig)
-    response = await answered(rig.apply("30.00", card=CARD, pin=None))
-    assert response.status_code in (200, 503), response.text
+    response = await answered(rig.resize("30.00", card=CARD))
+    [row] = await rig.shadow_rows()
+    # Either way the card was debited to 30.00 on Shopify, and the 40.00 hold still backs it.
+    assert rig.live_shopify_cards() == {rig.card_by_code(code)["id"]: Decimal("30.00")}
+    assert list(rig.open_holds().values()) == [Decimal("40.00")]
+    if confirmed:
+        assert response.status_code == 200, response.text
+        assert response.json()["amountApplied"] == "30.00"
+        moved = (row.loaded_minor, row.applied_amount_minor, row.applied_unconfirmed)
+        assert moved == (3000, 3000, False)
+    else:
+        assert_problem(response, 503, "shopify_unavailable")
+        pending = (row.loaded_minor, row.applied_unconfirmed, row.unconfirmed_move_minor)
+        assert pending == (4000, True, -1000)
     rig.clear_faults()
     # Unconfirmed is recorded as such: the next call reads the card before moving it.
-    again = await apply_ok(rig, "25.00", pin=None)
+    again = await resize_ok(rig, "25.00")
     assert again["amountApplied"] == "25.00"
+    [row] = await rig.shadow_rows()
+    assert (row.loaded_minor, row.applied_amount_minor) == (2500, 2500)
+    await rig.assert_consistent()
+
+
+# --- checkout: Vii faults at a re-hold ----------------------------------------------------------
+
+# A cart grown past the hold: the card is emptied, what it spent is captured from the old hold,
+# the rest freed, the balance read again and a new hold placed. Vii failing at the last two
+# steps leaves the card live but empty, with no hold (bool: the new hold was placed anyway).
+VII_AT_REHOLD: dict[str, tuple[Fault, bool]] = {
+    "balance-503": (
+        lambda rig: rig.vii_wire.answer(
+            b"Service unavailable", status=503, match=vii_type("CheckBalance")
+        ),
+        False,
+    ),
+    "pre-auth-refused": (lambda rig: rig.vii_wire.refuse(vii_type("PreAuthRequest")), False),
+    "pre-auth-slow": (lambda rig: rig.vii_wire.stall(vii_type("PreAuthRequest")), False),
+    "pre-auth-cut-short-after-applying": (
+        lambda rig: rig.vii_wire.garble(cut_short, match=vii_type("PreAuthRequest")),
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", VII_AT_REHOLD)
+async def test_vii_fault_at_a_rehold_leaves_an_empty_card_without_a_hold_and_recovers(
+    rig: ShadowRig, fault: str
+) -> None:
+    code = (await apply_ok(rig, "20.00"))["shopifyGiftCardCode"]
+    gid = rig.card_by_code(code)["id"]
+    rig.shop_sim.create_order([(gid, Decimal("5.00"))])
+    make_fault, placed = VII_AT_REHOLD[fault]
+    make_fault(rig)
+    response = await answered(rig.apply("45.00", card=CARD, pin=PIN))
+    assert_problem(response, 503, "vii_unavailable")
+    # Nothing spendable is left without a hold; what was spent (5.00) was taken, once.
+    card = rig.card_by_code(code)
+    assert (card["enabled"], card["balance"]) == (True, Decimal("0.00"))
+    assert rig.vii_sim.balance(CARD) == Decimal("45.00")
+    [row] = await rig.shadow_rows()
+    assert (row.state, row.hold_code, row.captured_amount_minor) == ("applied", None, 500)
+    assert list(rig.open_holds().values()) == ([Decimal("45.00")] if placed else [])
+
+    rig.clear_faults()
+    await rig.run_jobs()  # a new hold Vii placed anyway is undone
+    assert rig.open_holds() == {}
+    await rig.assert_consistent()
+
+    # The shopper tries again with the PIN: the same card, backed by a new hold.
+    again = await apply_ok(rig, "45.00")
+    assert again["shopifyGiftCardCode"] == code and again["amountApplied"] == "45.00"
+    assert list(rig.open_holds().values()) == [Decimal("45.00")]
+    await rig.assert_consistent()
+    assert (await rig.release(code)).status_code == 200
+    await rig.run_jobs()
+    assert rig.vii_sim.balance(CARD) == Decimal("45.00") and rig.open_holds() == {}
     await rig.assert_consistent()
 
 
@@ -443,12 +567,22 @@ AT_CAPTURE: dict[str, Fault] = {
 }
 
 
+# Vii faults in which the redemption reached Vii and was applied before its answer was lost:
+# the close arms an Undo first, so the card's balance may be back at 50.00 or still at 35.00
+# while the fault lasts, but the hold was consumed by the redemption either way.
+REDEMPTION_APPLIED = {
+    "vii-redemption-cut-short-after-applying",
+    "vii-redemption-wrong-types-after-applying",
+}
+
+
 @pytest.mark.parametrize("fault", AT_CAPTURE)
 async def test_capture_during_an_upstream_fault_debits_vii_exactly_once_after_recovery(
     rig: ShadowRig, fault: str
 ) -> None:
     applied = await apply_ok(rig, "20.00")
-    gid = rig.card_by_code(applied["shopifyGiftCardCode"])["id"]
+    code = applied["shopifyGiftCardCode"]
+    gid = rig.card_by_code(code)["id"]
     order = rig.shop_sim.create_order([(gid, Decimal("15.00"))])
     AT_CAPTURE[fault](rig)
     # The webhook is acknowledged without touching any upstream, fault or not.
@@ -456,24 +590,85 @@ async def test_capture_during_an_upstream_fault_debits_vii_exactly_once_after_re
     assert ack.status_code == 200 and ack.json()["received"] is True
 
     await rig.run_jobs(rounds=3)
-    # Not captured while the fault lasts (a redemption Vii applied is being undone).
-    assert [row.state for row in await rig.shadow_rows()] == ["applied"]
-    assert rig.vii_sim.balance(CARD) in (Decimal("50.00"), Decimal("35.00"))
-    assert not [job for job in await unfinished_jobs(rig.engine) if job[1] == "dead"]
+    [row] = await rig.shadow_rows()
+    jobs = await unfinished_jobs(rig.engine)
+    assert not [job for job in jobs if job[1] == "dead"]
+    # Nothing is captured (recorded) while the fault lasts, and the PIN the capture needs stays.
+    assert (row.captured_amount_minor, row.settled_at, row.pin_ciphertext is None) == (
+        0,
+        None,
+        False,
+    )
+    if fault.startswith("shopify-"):
+        # The paid order cannot be read: the card is still live and fully backed by its hold.
+        assert row.state == "applied"
+        assert [job[:2] for job in jobs] == [("webhook.process", "queued")]
+        assert rig.card_by_code(code)["enabled"] is True
+        assert rig.open_holds() == {row.hold_code: Decimal("20.00")}
+        assert rig.vii_sim.balance(CARD) == Decimal("50.00")
+    else:
+        # The paid order closed the card: the close deactivated it first (nothing more can be
+        # spent), then could not take the 15.00 from Vii; it is retried, never given up.
+        assert row.state == "captured"
+        assert ("shadow.close", "queued") in [job[:2] for job in jobs]
+        assert rig.card_by_code(code)["enabled"] is False
+        if fault in REDEMPTION_APPLIED:
+            assert rig.open_holds() == {}
+            assert rig.vii_sim.balance(CARD) in (Decimal("50.00"), Decimal("35.00"))
+        else:
+            assert rig.open_holds() == {row.hold_code: Decimal("20.00")}
+            assert rig.vii_sim.balance(CARD) == Decimal("50.00")
 
     rig.clear_faults()
     await rig.run_jobs()
     # 15.00 charged on Shopify, 15.00 taken from Vii once; the rest of the hold freed.
     assert rig.vii_sim.balance(CARD) == Decimal("35.00")
     assert rig.open_holds() == {}
-    assert [(r.state, r.captured_amount_minor) for r in await rig.shadow_rows()] == [
-        ("captured", 1500)
-    ]
+    assert rig.card_by_code(code)["enabled"] is False
+    assert rig.card_by_code(code)["balance"] == Decimal("5.00")
+    [row] = await rig.shadow_rows()
+    assert (row.state, row.captured_amount_minor) == ("captured", 1500)
+    assert row.settled_at is not None and row.pin_ciphertext is None
     captures = await rig.scalar(
         "SELECT count(*) FROM ledger WHERE system = 'vii' AND cause = 'capture'"
     )
     assert captures == 1
     assert await rig.scalar("SELECT count(*) FROM findings") == 0
+    await rig.assert_consistent()
+
+
+async def test_a_worker_dying_after_vii_approved_the_capture_debits_vii_exactly_once(
+    rig: ShadowRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redemption landed on Vii, then the close job died before recording it: the Undo
+    armed before the redemption reverses it, and the retried close captures once."""
+    from app.db import shadow_cards
+
+    applied = await apply_ok(rig, "20.00")
+    gid = rig.card_by_code(applied["shopifyGiftCardCode"])["id"]
+    order = rig.shop_sim.create_order([(gid, Decimal("15.00"))])
+
+    async def dies(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("worker killed after Vii approved the capture")
+
+    monkeypatch.setattr(shadow_cards, "add_captured", dies)
+    ack = await answered(rig.webhook("orders/paid", order["webhooks"]["orders/paid"]))
+    assert ack.status_code == 200
+    await rig.run_jobs(rounds=2)
+    [row] = await rig.shadow_rows()
+    assert (row.state, row.captured_amount_minor, row.settled_at) == ("captured", 0, None)
+    assert rig.vii_sim.balance(CARD) == Decimal("35.00")  # taken, not yet recorded
+    assert ("vii.undo", "queued") in [job[:2] for job in await unfinished_jobs(rig.engine)]
+
+    monkeypatch.undo()
+    await rig.run_jobs()
+    assert rig.vii_sim.balance(CARD) == Decimal("35.00")
+    [row] = await rig.shadow_rows()
+    assert (row.state, row.captured_amount_minor) == ("captured", 1500)
+    captures = await rig.scalar(
+        "SELECT count(*) FROM ledger WHERE system = 'vii' AND cause = 'capture'"
+    )
+    assert captures == 1
     await rig.assert_consistent()
 
 

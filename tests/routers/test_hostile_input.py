@@ -269,6 +269,8 @@ async def test_check_balance_ignores_extra_fields_and_never_echoes_them(shop: Sh
         "state": "captured",
         "__proto__": {"admin": True},
         "cartTotal ": "1.00",
+        # A real field, but only a re-size reads it: a new card never takes a chosen token.
+        "applyToken": "attackerchosentoken01",
     }
     response = await shop.http.post("/check-balance", json=body)
     assert response.status_code == 200, response.text
@@ -285,7 +287,19 @@ async def test_check_balance_ignores_extra_fields_and_never_echoes_them(shop: Sh
         "viiBalance",
         "availableBalance",
         "expiresAt",
+        "applyToken",
     }
+    assert answer["applyToken"] != "attackerchosentoken01"
+    resize = {key: VALID[key] for key in ("viiCardNumber", "checkoutToken")}
+    chosen = await shop.http.post(
+        "/check-balance",
+        json={**resize, "cartTotal": "10.00", "applyToken": "attackerchosentoken01"},
+    )
+    assert chosen.status_code == 403 and chosen.json()["code"] == "invalid_card_or_pin"
+    given = await shop.http.post(
+        "/check-balance", json={**resize, "cartTotal": "10.00", "applyToken": answer["applyToken"]}
+    )
+    assert given.status_code == 200 and given.json()["amountApplied"] == "10.00"
     assert CARD not in response.text
     assert (await row_counts(shop.engine))["shadow_cards"] == 1
 

@@ -99,7 +99,7 @@ def recording(runtime: Runtime, *topics: str) -> list[tuple[str, dict[str, Any],
         async def handler(payload: dict[str, Any], delivery: Delivery, topic: str = topic) -> None:
             seen.append((topic, payload, delivery))
 
-        runtime.topic_handlers[topic] = handler
+        runtime.topic_handlers[topic] = (handler,)
     return seen
 
 

@@ -111,12 +111,17 @@ async def test_missing_headers_invalid_json_and_huge_bodies(
 async def test_worker_processes_a_delivery_once_with_its_topic_handler(
     client: httpx.AsyncClient, runtime: Runtime, engine: AsyncEngine
 ) -> None:
-    seen: list[tuple[dict[str, Any], Delivery]] = []
+    seen: list[tuple[str, dict[str, Any], Delivery]] = []
 
     async def on_paid(payload: dict[str, Any], delivery: Delivery) -> None:
-        seen.append((payload, delivery))
+        seen.append(("first", payload, delivery))
 
-    runtime.topic_handlers["orders/paid"] = on_paid
+    async def also_on_paid(payload: dict[str, Any], delivery: Delivery) -> None:
+        seen.append(("second", payload, delivery))
+
+    # A topic may have several handlers (omni and shadow cards both read orders/paid): each
+    # runs once, in the order they were installed.
+    runtime.topic_handlers["orders/paid"] = (on_paid, also_on_paid)
     body = b'{"id": 55}'
     await client.post("/webhooks/shopify", content=body, headers=signed(body))
     unknown = b'{"id": 56}'
@@ -132,7 +137,10 @@ async def test_worker_processes_a_delivery_once_with_its_topic_handler(
     )
     worker = Worker(runtime.sessions, runtime.handlers)
     assert await worker.run_once() == 2
-    assert [(p["id"], d.topic, d.event_id) for p, d in seen] == [(55, "orders/paid", "ev-1")]
+    assert [(name, p["id"], d.topic, d.event_id) for name, p, d in seen] == [
+        ("first", 55, "orders/paid", "ev-1"),
+        ("second", 55, "orders/paid", "ev-1"),
+    ]
     async with engine.connect() as connection:
         unprocessed = await connection.scalar(
             text("SELECT count(*) FROM webhook_inbox WHERE processed_at IS NULL")

@@ -35,6 +35,8 @@ async def test_sandbox_serves_every_simulator_and_clients_reach_them(
             assert isinstance(clients.pos, LightspeedClient)
             cards = [card async for card in clients.pos.iter_gift_cards()]
             assert any(card.balance == Decimal("100.00") for card in cards)
+            # The sandbox's settings name the simulated merchant's correct set-up.
+            assert [c.name for c in await clients.pos.setup_checks() if not c.ok] == []
         finally:
             await clients.aclose()
         onsite_settings = point_settings_at(make_settings(pos_kind=PosKind.ONSITE), sandbox)
@@ -42,6 +44,9 @@ async def test_sandbox_serves_every_simulator_and_clients_reach_them(
         try:
             assert isinstance(onsite.pos, OnSiteClient)
             assert await onsite.pos.gift_card_balance("ONSITE0001") == Decimal("50.00")
+            # Strict reading: no payment-methods resource, so that check can only warn.
+            failed = {c.name: c.severity for c in await onsite.pos.setup_checks() if not c.ok}
+            assert failed == {"onsite_payment_method": "warning"}
         finally:
             await onsite.aclose()
     finally:

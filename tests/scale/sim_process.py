@@ -55,6 +55,10 @@ EXPORTED_SETTINGS = (
     "lightspeed_client_secret",
     "lightspeed_refresh_token",
     "lightspeed_balance_sign",
+    "lightspeed_shop_id",
+    "lightspeed_register_id",
+    "lightspeed_employee_id",
+    "lightspeed_payment_type_id",
 )
 
 
@@ -108,6 +112,7 @@ def control_app(sandbox: Sandbox) -> FastAPI:
     vii: ViiSimulator = sandbox.simulators["vii"]
     shopify: ShopifySimulator = sandbox.simulators["shopify"]
     lightspeed: LightspeedSimulator = sandbox.simulators["lightspeed"]
+    sold_by: dict[str, str] = {}
     app = FastAPI(title="simulator control (tests only)", openapi_url=None)
 
     @app.post("/vii/cards")
@@ -136,7 +141,12 @@ def control_app(sandbox: Sandbox) -> FastAPI:
 
     @app.post("/lightspeed/gift-cards")
     async def sell_in_store(card: PosCardIn) -> dict[str, str]:
-        return {"id": lightspeed.add_gift_card(card.code, card.balance)}
+        card_id = lightspeed.add_gift_card(card.code, card.balance)
+        # The till's sale that loaded it (the simulator sells a card as a real till does).
+        sales = [p.sale_id for p in lightspeed.payments.values() if p.credit_account_id == card_id]
+        if sales:
+            sold_by[card_id] = sales[0]
+        return {"id": card_id}
 
     @app.get("/lightspeed/gift-cards")
     async def pos_cards() -> list[dict[str, Any]]:
@@ -153,7 +163,8 @@ def control_app(sandbox: Sandbox) -> FastAPI:
 
     @app.get("/lightspeed/gift-cards/{card_id}/payments")
     async def pos_payments(card_id: str) -> list[dict[str, Any]]:
-        """Every sale payment on the card, in order: each is one move of its balance."""
+        """Every sale payment on the card after the till's sale that loaded it, in order:
+        each is one move of its balance."""
         if card_id not in lightspeed.cards:
             raise HTTPException(404, "no such gift card")
         return [
@@ -167,7 +178,7 @@ def control_app(sandbox: Sandbox) -> FastAPI:
                 }
             )
             for payment in lightspeed.payments.values()
-            if payment.credit_account_id == card_id
+            if payment.credit_account_id == card_id and payment.sale_id != sold_by.get(card_id)
         ]
 
     @app.post("/lightspeed/limits")

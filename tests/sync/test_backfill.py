@@ -39,7 +39,7 @@ from app.sync.omni import SHOPIFY, OmniSync, serial_for_shopify_card
 from app.sync.pos import PosCard
 from app.worker import RetryLater, Worker, run_as_singleton
 from tests.conftest import make_settings
-from tests.omni_wiring import POS_VARIANTS, Omni, omni_upstreams
+from tests.omni_wiring import POS_VARIANT_IDS, POS_VARIANTS, Omni, omni_upstreams
 
 PREFIX = "7000"
 HASH_KEY = "57f387c85fb633f1851f213a74ab906eebf2e168fc78961d7bcd89af05c70e04"  # make_settings() in tests/conftest.py
@@ -55,10 +55,10 @@ def settings() -> Settings:
     )
 
 
-@pytest.fixture(params=POS_VARIANTS, ids=["retail-negative", "retail-positive", "onsite"])
+@pytest.fixture(params=POS_VARIANTS, ids=POS_VARIANT_IDS)
 async def flow(request: pytest.FixtureRequest, runtime: Runtime) -> AsyncIterator[Omni]:
-    kind, sign = request.param
-    async with omni_upstreams(runtime, kind, sign) as omni:
+    kind, sign, reading = request.param
+    async with omni_upstreams(runtime, kind, sign, reading) as omni:
         yield fast(omni)
 
 

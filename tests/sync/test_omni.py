@@ -20,7 +20,7 @@ from app.runtime import Runtime
 from app.settings import Settings
 from app.sync.omni import MOVE_JOB, SHOPIFY, serial_for_shopify_card
 from tests.conftest import make_settings
-from tests.omni_wiring import POS_VARIANTS, Omni, omni_upstreams
+from tests.omni_wiring import POS_VARIANT_IDS, POS_VARIANTS, Omni, omni_upstreams
 
 SERIAL = "gc20261123a1"
 
@@ -36,10 +36,10 @@ def settings() -> Settings:
     )
 
 
-@pytest.fixture(params=POS_VARIANTS, ids=["retail-negative", "retail-positive", "onsite"])
+@pytest.fixture(params=POS_VARIANTS, ids=POS_VARIANT_IDS)
 async def flow(request: pytest.FixtureRequest, runtime: Runtime) -> AsyncIterator[Omni]:
-    kind, sign = request.param
-    async with omni_upstreams(runtime, kind, sign) as omni:
+    kind, sign, reading = request.param
+    async with omni_upstreams(runtime, kind, sign, reading) as omni:
         yield omni
 
 

@@ -37,7 +37,7 @@ from app.sync.reconcile import (
 from app.sync.runs import RECONCILE_JOB
 from app.sync.shadow import CLOSE_JOB, ApplyRequest
 from tests.conftest import make_settings
-from tests.omni_wiring import POS_VARIANTS, Omni, omni_upstreams
+from tests.omni_wiring import POS_VARIANT_IDS, POS_VARIANTS, Omni, omni_upstreams
 from tests.wiring import Upstreams, shadow_upstreams
 
 VII_CARD = "6280001234567890"
@@ -96,12 +96,12 @@ def installed(runtime: Runtime) -> Reconciler:
     return reconciler
 
 
-@pytest.fixture(params=POS_VARIANTS, ids=["retail-negative", "retail-positive", "onsite"])
+@pytest.fixture(params=POS_VARIANTS, ids=POS_VARIANT_IDS)
 async def recon(
     request: pytest.FixtureRequest, runtime: Runtime, engine: AsyncEngine
 ) -> AsyncIterator[Recon]:
-    kind, sign = request.param
-    async with omni_upstreams(runtime, kind, sign) as flow:
+    kind, sign, reading = request.param
+    async with omni_upstreams(runtime, kind, sign, reading) as flow:
         yield Recon(flow, installed(runtime), engine)
 
 

@@ -24,6 +24,11 @@ class LsGiftCard:
     archived: bool
     time_stamp: datetime
 
+    @property
+    def code_masked(self) -> bool:
+        """creditaccount.md: without the scope the code reads like `**********8904`."""
+        return "*" in self.code
+
 
 @dataclass(frozen=True)
 class LsGiftCardPayment:
@@ -33,7 +38,9 @@ class LsGiftCardPayment:
     amount: Decimal
     """Positive = redeemed from the card, negative = loaded onto it (Lightspeed's own sign)."""
     remote_reference: str | None
+    """The sale's `referenceNumber`: the reference giftsync tagged its own sale with."""
     time_stamp: datetime
+    """The sale's `timeStamp`: when it was completed (or last modified)."""
     completed: bool
 
 
@@ -91,7 +98,7 @@ def optional_id(raw: Any) -> str | None:
     return None if text in (None, "0") else text
 
 
-def _time(raw: Any) -> datetime:
+def parse_time(raw: Any) -> datetime:
     text = str(raw or "").strip()
     if not text:
         return datetime.fromtimestamp(0, UTC)
@@ -99,10 +106,12 @@ def _time(raw: Any) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def iso(moment: datetime) -> str:
+def cursor_text(moment: datetime) -> str:
+    """A `timeStamp` filter value: whole seconds with an offset, as query-parameters.md shows
+    (`YYYY-MM-DDTHH:MM:SS-00:00`). Rounded down, so with `>=` the second already seen is read
+    again: several changes can share one second, and the overlap is de-duplicated by id."""
     aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    # Sub-second digits kept when the cursor has them, so a cursor never moves backwards.
-    return aware.astimezone(UTC).isoformat()
+    return aware.astimezone(UTC).replace(microsecond=0).isoformat()
 
 
 def money_text(amount: Decimal) -> str:
@@ -118,22 +127,7 @@ def parse_gift_card(item: Mapping[str, Any], sign: BalanceSign) -> LsGiftCard:
         description=_optional(item.get("description")),
         customer_id=optional_id(item.get("customerID")),
         archived=as_bool(item.get("archived")),
-        time_stamp=_time(item.get("timeStamp")),
-    )
-
-
-def parse_payment(item: Mapping[str, Any], *, completed: bool | None = None) -> LsGiftCardPayment:
-    sale = item.get("Sale")
-    if completed is None:
-        completed = as_bool(sale.get("completed")) if isinstance(sale, dict) else False
-    return LsGiftCardPayment(
-        sale_payment_id=str(item["salePaymentID"]),
-        sale_id=str(item.get("saleID", "")),
-        credit_account_id=str(item.get("creditAccountID", "")),
-        amount=_decimal(item.get("amount", "0")),
-        remote_reference=_optional(item.get("remoteReference")),
-        time_stamp=_time(item.get("timeStamp") or item.get("createTime")),
-        completed=completed,
+        time_stamp=parse_time(item.get("timeStamp")),
     )
 
 
@@ -150,22 +144,3 @@ def parse_customer(item: Mapping[str, Any]) -> LsCustomer:
         first_name=_optional(item.get("firstName")),
         last_name=_optional(item.get("lastName")),
     )
-
-
-def payment_from_sale(body: Mapping[str, Any], reference: str) -> LsGiftCardPayment:
-    for sale in as_list(body.get("Sale")):
-        payments = sale.get("SalePayments")
-        nested = payments.get("SalePayment") if isinstance(payments, dict) else None
-        for item in as_list(nested):
-            if item.get("remoteReference") == reference:
-                return parse_payment(item, completed=as_bool(sale.get("completed")))
-    raise LightspeedUnavailable("Lightspeed answered the sale without our payment")
-
-
-def first_of_type(types: list[dict[str, Any]], kind: str) -> str | None:
-    matching = [
-        str(item["paymentTypeID"])
-        for item in types
-        if str(item.get("type", "")).strip().lower() == kind and item.get("paymentTypeID")
-    ]
-    return min(matching, key=lambda value: (len(value), value)) if matching else None

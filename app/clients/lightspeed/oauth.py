@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from app.clients.delivery import AnswerLost, NotSent, check_status, transmit
-from app.clients.lightspeed.errors import LightspeedAuthError, LightspeedUnavailable
+from app.clients.delivery import AnswerLost, Delivery, check_status, transmit
+from app.clients.lightspeed.errors import LightspeedAuthError
 from app.db.tokens import TokenSet, TokenStore, refresh_lock
 from app.logging import get_logger, mask_text
 
@@ -37,6 +37,7 @@ class TokenKeeper:
         token_url: str,
         http: httpx.AsyncClient,
         timeout: float,
+        delivery: Delivery,
     ) -> None:
         self._store = store
         self._initial_refresh_token = initial_refresh_token
@@ -45,6 +46,7 @@ class TokenKeeper:
         self._token_url = token_url
         self._http = http
         self._timeout = timeout
+        self._delivery = delivery
         self._tokens: TokenSet | None = None
         self._loaded = False
         self._lock = asyncio.Lock()
@@ -93,29 +95,28 @@ class TokenKeeper:
                 return rotated.access_token
 
     async def _call_token_endpoint(self, refresh_token: str) -> TokenSet:
-        """A refresh not sent may be sent again (the old token is still good); one whose
-        answer was lost may have spent the old token, and nothing can look it up."""
+        """Rotate once. A refresh whose answer is lost is sent again with the same, old token:
+        refresh-token.md revokes the old refresh token only "once the new access token is used
+        to authenticate a request", and the lost pair was never used. (Whether that lost pair
+        stays valid afterwards is not documented; it is never used, so either way is fine.)"""
         form = {
             "grant_type": "refresh_token",
             "refresh_token": refresh_token,
             "client_id": self._client_id,
             "client_secret": self._client_secret,
         }
-        try:
+
+        async def attempt() -> httpx.Response:
             response = await transmit(
                 self._http.post(self._token_url, data=form), deadline=self._timeout
             )
             check_status(response)
-        except NotSent:
-            raise
-        except AnswerLost as lost:
-            # Not the lost answer of the caller's own request: that one was never sent.
-            raise LightspeedUnavailable(f"Lightspeed token refresh: {lost}") from lost
-        body = _json_object(response)
-        if body is None and response.status_code == 200:
-            # Answered, perhaps rotated, but unreadable: as good as lost.
-            raise LightspeedUnavailable("Lightspeed token refresh: answer unreadable")
-        body = body or {}
+            if response.status_code == 200 and _json_object(response) is None:
+                raise AnswerLost("answered 200 with an unreadable body")
+            return response
+
+        response = await self._delivery.call(attempt, what="Lightspeed token refresh")
+        body = _json_object(response) or {}
         if response.status_code != 200:
             error = str(body.get("error") or f"http_{response.status_code}")
             raise LightspeedAuthError(

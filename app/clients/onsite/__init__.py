@@ -1,7 +1,7 @@
 """Lightspeed OnSite client (see UPSTREAMS.md "Lightspeed OnSite").
 
 `client` holds the one method per operation, `session` the one login a client keeps, `wire`
-the XML as read and written, `errors` what a refusal means. Everything a caller needs is
+the XML as read and written, `setup` the product and payment method its invoices name, `errors` what a refusal means. Everything a caller needs is
 importable from here.
 """
 
@@ -13,6 +13,7 @@ from app.clients.onsite.errors import (
     OnSiteUnavailable,
     OnSiteUnknownOutcome,
 )
+from app.clients.onsite.setup import OnSiteSetupError
 from app.clients.onsite.wire import (
     OnSiteCustomer,
     OnSiteGiftCardLine,
@@ -20,7 +21,7 @@ from app.clients.onsite.wire import (
     OnSiteInvoice,
     build_balance_move,
     parse_customer,
-    parse_invoice,
+    parse_full_invoice,
 )
 
 __all__ = [
@@ -33,9 +34,10 @@ __all__ = [
     "OnSiteGiftCardLine",
     "OnSiteGiftCardPayment",
     "OnSiteInvoice",
+    "OnSiteSetupError",
     "OnSiteUnavailable",
     "OnSiteUnknownOutcome",
     "build_balance_move",
     "parse_customer",
-    "parse_invoice",
+    "parse_full_invoice",
 ]

@@ -1,7 +1,10 @@
 """Lightspeed OnSite: XML REST on the merchant's own server, one session for the client's life.
 
 This client reads invoices since a cursor and writes each balance move as an invoice, tagged
-with the caller's reference. Writes go through the delivery policy: the reference is looked up
+with the caller's reference. A list holds summaries only (invoices tutorial), so each invoice
+is read at its own `uri`, and each of its payments at theirs (a full invoice shows payments as
+references: the OnSite connector's `invoice.xml`). Writes go through the delivery policy and are
+refused before sending while a set-up `error` check fails (`setup`): the reference is looked up
 before the first send and after a lost answer. OnSite's reference filter is not documented and
 a just-created invoice may not show yet, so not finding it proves nothing: a lost answer ends
 as `OnSiteUnknownOutcome`, and the caller retries with the same reference later.
@@ -12,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from importlib import metadata
 from xml.etree.ElementTree import Element
@@ -29,6 +32,7 @@ from app.clients.onsite.errors import (
     OnSiteUnknownOutcome,
 )
 from app.clients.onsite.session import OnSiteSession, Params
+from app.clients.onsite.setup import OnSiteSetupError, read_checks
 from app.clients.onsite.wire import (
     COUNT_PARAM,
     CUSTOMER_TAG,
@@ -39,26 +43,30 @@ from app.clients.onsite.wire import (
     INVOICES_PATH,
     MODIFIED_FILTER,
     OFFSET_PARAM,
-    ORDER_BY_MODIFIED,
-    ORDER_PARAM,
     PRIVATE_ID_HEADER,
     REFERENCE_FILTER,
     BadXml,
     OnSiteCustomer,
+    OnSiteGiftCardLine,
     OnSiteInvoice,
     aware,
     build_balance_move,
     check_amount,
     error_detail,
+    filter_time,
     first_child,
     identity,
+    invoice_paths,
     local,
     parse_customer,
-    parse_invoice,
+    parse_full_invoice,
+    parse_line_serial,
+    parse_payment,
     parse_xml,
     quote,
     total_count,
 )
+from app.clients.setup_checks import SetupCheck, SetupGate
 from app.logging import get_logger
 from app.settings import ONSITE_REQUIRED, Settings
 
@@ -91,7 +99,11 @@ class OnSiteClient:
         read_attempts: int = 4,
         retry_base_delay: float = 0.5,
         write_attempts: int = 3,
+        gift_card_product_code: str = "GIFTCARD",
+        payment_method: str = "giftsync online",
     ) -> None:
+        self.gift_card_product_code = gift_card_product_code
+        self.payment_method = payment_method
         self.base_url = base_url.rstrip("/")
         self.username = username
         self.verify_tls = verify_tls
@@ -119,6 +131,7 @@ class OnSiteClient:
             backoff=retry_base_delay,
         )
         self._writes = replace(self._reads, attempts=max(1, write_attempts))
+        self.setup = SetupGate(self._read_setup, OnSiteSetupError)
 
     def __repr__(self) -> str:
         return f"OnSiteClient(base_url={self.base_url!r}, username={self.username!r})"
@@ -143,6 +156,8 @@ class OnSiteClient:
             private_id.get_secret_value() if private_id is not None else None,
             verify_tls=settings.onsite_verify_tls,
             transport=transport,
+            gift_card_product_code=settings.onsite_gift_card_product_code,
+            payment_method=settings.onsite_payment_method,
         )
 
     @property
@@ -182,7 +197,8 @@ class OnSiteClient:
 
         return await self._reads.call(attempt, what=f"OnSite GET {path}")
 
-    async def _pages(self, path: str, item_tag: str, params: Params) -> AsyncIterator[Element]:
+    async def _list_pages(self, path: str, item_tag: str, params: Params) -> AsyncIterator[Element]:
+        """Each page of a list (`count`/`offset`, `total_count` on the root)."""
         offset = 0
         while True:
             page_params: Params = {**params, COUNT_PARAM: PAGE_SIZE, OFFSET_PARAM: offset}
@@ -193,41 +209,103 @@ class OnSiteClient:
                 total = total_count(root)
             except BadXml as exc:
                 raise OnSiteUnavailable(f"OnSite list {path}: {exc}") from None
-            items = [element for element in root if local(element.tag) == item_tag]
-            for item in items:
-                yield item
-            offset += len(items)
-            if not items or (total is not None and offset >= total):
+            yield root
+            size = sum(1 for element in root if local(element.tag) == item_tag)
+            offset += size
+            if not size or (total is not None and offset >= total):
                 return
-            if total is None and len(items) < PAGE_SIZE:
+            if total is None and size < PAGE_SIZE:
                 return
 
+    async def _pages(self, path: str, item_tag: str, params: Params) -> AsyncIterator[Element]:
+        async for root in self._list_pages(path, item_tag, params):
+            for element in root:
+                if local(element.tag) == item_tag:
+                    yield element
+
     # --- reads ---------------------------------------------------------------------------------
+
+    async def setup_checks(self, *, fresh: bool = False) -> list[SetupCheck]:
+        """The set-up read back from the server (cached a minute unless `fresh`)."""
+        return await self.setup.checks(fresh=fresh)
+
+    async def _read_setup(self) -> list[SetupCheck]:
+        return await read_checks(self._read, self.gift_card_product_code, self.payment_method)
 
     async def iter_invoices_since(self, since: datetime | None) -> AsyncIterator[OnSiteInvoice]:
         """Every invoice modified at or after `since` (inclusive: at-least-once for a cursor).
 
-        The server is asked to filter and sort; a server that ignores either is tolerated by
-        skipping older invoices here, so correctness never depends on the filter.
+        The server is asked for `datetime_modified >` a second before the cursor (the operator
+        the sources show); each summary is then read whole at its `uri`, and invoices older
+        than `since` are skipped here, so correctness never depends on the filter. No order is
+        documented: callers must not assume one. Each invoice is read once per call.
         """
         cutoff = aware(since) if since is not None else None
-        params: Params = {ORDER_PARAM: ORDER_BY_MODIFIED}
+        params: Params = {}
         if cutoff is not None:
-            stamp = cutoff.astimezone(UTC).isoformat()
-            params[FILTER_PARAM] = MODIFIED_FILTER.format(since=stamp)
-        async for element in self._pages(INVOICES_PATH, INVOICE_TAG, params):
-            invoice = _invoice(element)
+            params[FILTER_PARAM] = MODIFIED_FILTER.format(since=filter_time(cutoff))
+        async for invoice in self._invoices(params):
             if cutoff is not None and invoice.modified_at < cutoff:
                 continue
             yield invoice
 
     async def find_invoice_by_reference(self, reference: str) -> OnSiteInvoice | None:
         params: Params = {FILTER_PARAM: REFERENCE_FILTER.format(reference=quote(reference))}
-        async for element in self._pages(INVOICES_PATH, INVOICE_TAG, params):
-            invoice = _invoice(element)
+        async for invoice in self._invoices(params):
             if invoice.reference == reference:
                 return invoice
         return None
+
+    async def _invoices(self, params: Params) -> AsyncIterator[OnSiteInvoice]:
+        seen: set[str] = set()
+        async for page in self._list_pages(INVOICES_PATH, INVOICE_TAG, params):
+            try:
+                listed = invoice_paths(page)
+            except BadXml as exc:
+                raise OnSiteUnavailable(f"OnSite invoice list unreadable: {exc}") from None
+            for invoice_id, path in listed:
+                # Offset paging over a list that changes meanwhile can show one twice.
+                if invoice_id in seen:
+                    continue
+                seen.add(invoice_id)
+                invoice = await self._invoice(path)
+                if invoice is not None:
+                    yield invoice
+
+    async def _invoice(self, path: str) -> OnSiteInvoice | None:
+        """One invoice at its `uri`, with its gift card lines' serials and its payments."""
+        root = await self._read(path)
+        if root is None:
+            return None  # gone since it was listed
+        try:
+            full = parse_full_invoice(root, self.gift_card_product_code)
+            lines = []
+            for line in full.gift_lines:
+                serial = line.serial
+                if serial is None and line.path is not None:
+                    # Lines render `full_render="false"`: the serial may be at the line's uri.
+                    detail = await self._read(line.path)
+                    serial = parse_line_serial(detail) if detail is not None else None
+                if serial is None:
+                    log.warning("onsite_gift_card_line_without_serial", invoice_id=full.invoice_id)
+                    continue
+                lines.append(OnSiteGiftCardLine(serial, line.amount))
+            payments = []
+            for payment_path in full.payment_paths:
+                detail = await self._read(payment_path)
+                found = parse_payment(detail, full.invoice_id) if detail is not None else None
+                if found is not None:
+                    payments.append(found)
+        except BadXml as exc:
+            raise OnSiteUnavailable(f"OnSite invoice unreadable: {exc}") from None
+        return OnSiteInvoice(
+            invoice_id=full.invoice_id,
+            modified_at=full.modified_at,
+            customer_id=full.customer_id,
+            reference=full.reference,
+            lines=lines,
+            payments=payments,
+        )
 
     async def find_customer_by_email(self, email: str) -> OnSiteCustomer | None:
         wanted = email.strip().casefold()
@@ -279,12 +357,19 @@ class OnSiteClient:
         OnSiteUnknownOutcome is raised and the caller retries later with the same reference.
         """
         check_amount(amount)
+        await self.setup.require()
         if not serial.strip():
             raise ValueError("serial must not be empty")
         if not reference.strip():
             raise ValueError("reference must not be empty")
         body = build_balance_move(
-            serial, amount, reference=reference, customer_id=customer_id, note=note
+            serial,
+            amount,
+            reference=reference,
+            product_code=self.gift_card_product_code,
+            payment_method=self.payment_method,
+            customer_id=customer_id,
+            note=note,
         )
 
         async def send() -> str:
@@ -334,13 +419,6 @@ def _created_id(response: httpx.Response) -> str | None:
             return found
     location = response.headers.get("Location", "").rstrip("/")
     return location.rsplit("/", 1)[-1] or None if location else None
-
-
-def _invoice(element: Element) -> OnSiteInvoice:
-    try:
-        return parse_invoice(element)
-    except BadXml as exc:
-        raise OnSiteUnavailable(f"OnSite invoice unreadable: {exc}") from None
 
 
 def _customer(element: Element) -> OnSiteCustomer:

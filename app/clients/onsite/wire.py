@@ -1,9 +1,21 @@
-"""OnSite's XML as giftsync reads and writes it: invoices, customers, balance moves.
+"""OnSite's XML as giftsync reads and writes it: invoices, customers, products, balance moves.
 
-OnSite documents no gift card resource: a card is sold as a "Gift Card" product line carrying
-the card serial and redeemed by a "Gift Card" payment. The element names of OnSite's XML are
-not publicly documented; every name this module assumes is in the constants block below, and
-the parser accepts the common variants of each.
+What the sources show (UPSTREAMS.md "Lightspeed OnSite"; CONFIRMED):
+- a list (`GET /api/invoices/?count&offset`) holds **summaries**: `full_render="false"`, an `id`
+  and a `uri`, no lines, no payments, no modification date (invoices tutorial);
+- a full invoice (GET its `uri`) has `datetime_modified`, the customer at
+  `invoice_customer/customer` (`id` attribute), `import_id`, lines under `lineitems/lineitem`
+  with `quantity`, `sell_price` and `lineitem_product/code|description`, and its payments only as
+  references, `payments/payment` with a `uri` (the OnSite connector's `invoice.xml`);
+- filters are `filter=` expressions with quoted values: `datetime_modified > "..."` and
+  `code == "15"` (the connector's queries).
+
+What no source shows (UNCONFIRMED; the names accepted are listed below and any of them is
+read): where a gift card line's serial is (in the line, or only at the line's own `uri`), the
+elements inside a payment (method, amount, card number), where a reference can live on an
+invoice (giftsync uses `import_id`) and how an invoice is created (one POST here).
+OnSite has no gift card resource: a card is a serial on lines of the merchant's gift card
+product (`ONSITE_GIFT_CARD_PRODUCT_CODE`) and on "Gift Card" payments.
 """
 
 from __future__ import annotations
@@ -11,8 +23,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from urllib.parse import urlparse
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 import defusedxml.ElementTree as safe_xml
@@ -23,63 +36,42 @@ from app.logging import get_logger, mask_text
 
 log = get_logger(__name__)
 
-# --- Wire assumptions (documented by UPSTREAMS.md) -------------------------------------------
+# --- CONFIRMED by the sources ---------------------------------------------------------------
 SESSION_COOKIE = "LS_SERVER_SESSION_ID"
 PRIVATE_ID_HEADER = "X-PAPPID"
 LOGOUT_PATH = "/api/sessions/current/logout/"
 INVOICES_PATH = "/api/invoices/"
 CUSTOMERS_PATH = "/api/customers/"
+PRODUCTS_PATH = "/api/products/"
 COUNT_PARAM = "count"
 OFFSET_PARAM = "offset"
 TOTAL_COUNT = "total_count"
-
-# --- Wire assumptions (not publicly documented: designed here, variants accepted) ------------
 FILTER_PARAM = "filter"
-ORDER_PARAM = "order_by"
-MODIFIED_FILTER = '(date_modified >= "{since}")'
-REFERENCE_FILTER = '(reference == "{reference}")'
-EMAIL_FILTER = '(email == "{email}")'
-ORDER_BY_MODIFIED = "date_modified"
-
+MODIFIED_FILTER = 'datetime_modified > "{since}"'
+PRODUCT_FILTER = 'code == "{code}"'
 INVOICE_TAG = "invoice"
 CUSTOMER_TAG = "customer"
-MODIFIED_NAMES = ("date_modified", "datetime_modified", "modified", "updated_at", "date_updated")
-CUSTOMER_REF_NAMES = ("customer",)
-CUSTOMER_ID_NAMES = ("customer_id",)
-REFERENCE_NAMES = ("reference", "po", "po_number", "external_reference")
-NOTES_NAME = "notes"
-LINES_NAMES = ("lineitems", "line_items", "lines")
-LINE_NAMES = ("lineitem", "line_item", "line")
-PRODUCT_NAME = "product"
-PRODUCT_CODE_NAMES = ("code", "product_code", "sku")
-PRODUCT_TEXT_NAMES = ("code", "product_code", "sku", "name", "description")
-LINE_TEXT_NAMES = ("description", "name", "product_code", "code")
+PRODUCT_TAG = "product"
+
+# --- UNCONFIRMED: giftsync's choice, or the variants read -------------------------------------
+PAYMENT_METHODS_PATH = "/api/payment_methods/"
+REFERENCE_FILTER = 'import_id == "{reference}"'
+EMAIL_FILTER = 'email == "{email}"'
+REFERENCE_NAME = "import_id"
+NOTES_NAME = "internal_notes"
 SERIAL_NAMES = ("serial", "serial_number", "serialnumber", "sn")
-PRICE_NAMES = ("price", "sell_price", "unit_price", "amount")
-QUANTITY_NAMES = ("quantity", "qty")
-PAYMENTS_NAMES = ("payments",)
-PAYMENT_NAMES = ("payment",)
 METHOD_NAMES = ("method", "payment_method", "type", "name")
 AMOUNT_NAMES = ("amount", "total")
-PAYMENT_SERIAL_NAMES = ("reference", "serial", "serial_number", "card_number", "gift_card")
+PAYMENT_SERIAL_NAMES = ("serial", "card_number", "serial_number", "gift_card", "reference")
 EMAIL_NAMES = ("email", "email_address", "emails", "primary_email")
-NAME_NAME = "name"
 FIRST_NAME_NAMES = ("first_name", "firstname", "first")
 LAST_NAME_NAMES = ("last_name", "lastname", "last")
 ERROR_CODE_NAMES = ("code", "error_code")
 ERROR_MESSAGE_NAMES = ("message", "description", "detail")
 
-# What giftsync writes: a gift card line (load) or a gift card payment (redeem), balanced by an
-# offsetting entry so the invoice nets to zero as a real till would require.
-GIFT_CARD_PRODUCT_CODE = "GIFTCARD"
-GIFT_CARD_LABEL = "Gift Card"
-OFFSET_PAYMENT_METHOD = "giftsync online"
-OFFSET_PRODUCT_CODE = "GIFTSYNC-ONLINE"
-OFFSET_LINE_DESCRIPTION = "Spent online (giftsync)"
-
-# "Gift Card", "gift-card", "GIFTCARD", "Gift Card Reload": all name a gift card.
+# "Gift Card", "gift-card", "GIFTCARD": the payment method a till redeems a card with.
 GIFT_CARD_PATTERN = re.compile(r"gift[\s_-]*card", re.IGNORECASE)
-# OnSite servers report their local time; a timestamp without an offset is read as UTC.
+# The sources' datetimes have no zone ("2017-07-11T14:46:11.497143"); which clock is UNCONFIRMED.
 NAIVE_TIMEZONE = UTC
 # -----------------------------------------------------------------------------------------------
 
@@ -89,7 +81,7 @@ _TWO_PLACES = Decimal("0.01")
 
 @dataclass(frozen=True)
 class OnSiteGiftCardLine:
-    """A card sold or loaded by an invoice (positive; a returned card is negative)."""
+    """A card sold or loaded by an invoice (positive; a card paid out online is negative)."""
 
     serial: str
     amount: Decimal
@@ -119,6 +111,27 @@ class OnSiteCustomer:
     email: str | None
     first_name: str | None
     last_name: str | None
+
+
+@dataclass(frozen=True)
+class LineRef:
+    """A gift card line as the invoice shows it; `serial` None when only its `path` has it."""
+
+    serial: str | None
+    amount: Decimal
+    path: str | None
+
+
+@dataclass(frozen=True)
+class FullInvoice:
+    """A full invoice before its payments (references only) and hidden serials are read."""
+
+    invoice_id: str
+    modified_at: datetime
+    customer_id: str | None
+    reference: str | None
+    gift_lines: list[LineRef]
+    payment_paths: list[str]
 
 
 class BadXml(Exception):
@@ -172,6 +185,16 @@ def identity(element: Element, names: Iterable[str] = ("id",)) -> str | None:
     return _text(element, names)
 
 
+def api_path(uri: str | None) -> str | None:
+    """The path of a `uri` the server gave (its host may be a name only it knows)."""
+    if not uri:
+        return None
+    path = urlparse(uri).path
+    if not path.startswith("/api/") or ".." in path:
+        raise BadXml("a uri outside the API")
+    return path
+
+
 def _decimal(raw: str | None, what: str) -> Decimal:
     try:
         value = Decimal((raw or "").replace(",", "").strip())
@@ -184,11 +207,11 @@ def _decimal(raw: str | None, what: str) -> Decimal:
 
 def _timestamp(raw: str | None) -> datetime:
     if not raw:
-        raise BadXml("invoice has no modification date")
+        raise BadXml("invoice has no datetime_modified")
     try:
         value = datetime.fromisoformat(raw.strip().replace(" ", "T", 1))
     except ValueError:
-        raise BadXml("invoice modification date is not ISO 8601") from None
+        raise BadXml("invoice datetime_modified is not ISO 8601") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=NAIVE_TIMEZONE)
     return value
@@ -198,38 +221,80 @@ def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=NAIVE_TIMEZONE)
 
 
-def _is_gift_card(*labels: str | None) -> bool:
-    return any(label is not None and GIFT_CARD_PATTERN.search(label) for label in labels)
+def filter_time(moment: datetime) -> str:
+    """A `datetime_modified` filter value a second before `moment`, zone-less whole seconds
+    like the connector's: with `>` (the operator the sources show) the cursor's own second is
+    read again; the overlap is de-duplicated by invoice id."""
+    earlier = aware(moment).astimezone(NAIVE_TIMEZONE) - timedelta(seconds=1)
+    return earlier.replace(tzinfo=None, microsecond=0).isoformat()
 
 
-def _collect(
-    element: Element, group_names: Iterable[str], item_names: Iterable[str]
-) -> list[Element]:
+def _collect(element: Element, group: str, item: str) -> list[Element]:
     items: list[Element] = []
-    for group in _children(element, group_names):
-        items.extend(_children(group, item_names))
+    for holder in _children(element, (group,)):
+        items.extend(_children(holder, (item,)))
     return items
 
 
-def _parse_line(line: Element, invoice_id: str) -> OnSiteGiftCardLine | None:
-    product = first_child(line, (PRODUCT_NAME,))
-    labels = [_text(line, LINE_TEXT_NAMES)]
-    if product is not None:
-        labels.extend(_text(product, (name,)) for name in PRODUCT_TEXT_NAMES)
-    if not _is_gift_card(*labels):
-        return None
-    serial = _text(line, SERIAL_NAMES)
-    if not serial:
-        log.warning("onsite_gift_card_line_without_serial", invoice_id=invoice_id)
-        return None
-    price = _decimal(_text(line, PRICE_NAMES), "line price")
-    quantity_text = _text(line, QUANTITY_NAMES)
-    quantity = _decimal(quantity_text, "line quantity") if quantity_text else Decimal(1)
-    return OnSiteGiftCardLine(serial=serial, amount=price * quantity)
+# --- invoices -------------------------------------------------------------------------------
 
 
-def _parse_payment(payment: Element, invoice_id: str) -> OnSiteGiftCardPayment | None:
-    if not _is_gift_card(_text(payment, METHOD_NAMES)):
+def invoice_paths(root: Element) -> list[tuple[str, str]]:
+    """(id, path) of each summary in a list answer (its `uri`, else the id's own path)."""
+    found = []
+    for element in root:
+        if local(element.tag) != INVOICE_TAG:
+            continue
+        invoice_id = identity(element)
+        if not invoice_id:
+            raise BadXml("invoice summary without id")
+        found.append((invoice_id, api_path(element.get("uri")) or f"{INVOICES_PATH}{invoice_id}/"))
+    return found
+
+
+def parse_full_invoice(invoice: Element, product_code: str) -> FullInvoice:
+    invoice_id = identity(invoice)
+    if not invoice_id:
+        raise BadXml("invoice without id")
+    customer = None
+    holder = first_child(invoice, ("invoice_customer",))
+    if holder is not None:
+        found = first_child(holder, (CUSTOMER_TAG,))
+        customer = found.get("id") if found is not None else None
+    lines = []
+    for line in _collect(invoice, "lineitems", "lineitem"):
+        product = first_child(line, ("lineitem_product",))
+        code = _text(product, ("code",)) if product is not None else None
+        if code is None or code.casefold() != product_code.casefold():
+            continue
+        quantity_text = _text(line, ("quantity",))
+        quantity = _decimal(quantity_text, "line quantity") if quantity_text else Decimal(1)
+        price = _decimal(_text(line, ("sell_price",)), "line sell_price")
+        lines.append(
+            LineRef(_text(line, SERIAL_NAMES), price * quantity, api_path(line.get("uri")))
+        )
+    payments = [
+        path
+        for payment in _collect(invoice, "payments", "payment")
+        if (path := api_path(payment.get("uri"))) is not None
+    ]
+    return FullInvoice(
+        invoice_id=invoice_id,
+        modified_at=_timestamp(_text(invoice, ("datetime_modified",))),
+        customer_id=customer or None,
+        reference=_text(invoice, (REFERENCE_NAME,)),
+        gift_lines=lines,
+        payment_paths=payments,
+    )
+
+
+def parse_line_serial(line: Element) -> str | None:
+    return _text(line, SERIAL_NAMES)
+
+
+def parse_payment(payment: Element, invoice_id: str) -> OnSiteGiftCardPayment | None:
+    """A payment read at its own `uri`: a gift card one, or None."""
+    if not GIFT_CARD_PATTERN.search(_text(payment, METHOD_NAMES) or ""):
         return None
     serial = _text(payment, PAYMENT_SERIAL_NAMES)
     if not serial:
@@ -240,44 +305,11 @@ def _parse_payment(payment: Element, invoice_id: str) -> OnSiteGiftCardPayment |
     )
 
 
-def _invoice_customer(invoice: Element) -> str | None:
-    reference = first_child(invoice, CUSTOMER_REF_NAMES)
-    if reference is not None:
-        found = identity(reference)
-        if found:
-            return found
-    return _text(invoice, CUSTOMER_ID_NAMES)
-
-
-def parse_invoice(invoice: Element) -> OnSiteInvoice:
-    invoice_id = identity(invoice, ("id", "invoice_id"))
-    if not invoice_id:
-        raise BadXml("invoice without id")
-    lines = [
-        loaded
-        for line in _collect(invoice, LINES_NAMES, LINE_NAMES)
-        if (loaded := _parse_line(line, invoice_id)) is not None
-    ]
-    payments = [
-        redeemed
-        for payment in _collect(invoice, PAYMENTS_NAMES, PAYMENT_NAMES)
-        if (redeemed := _parse_payment(payment, invoice_id)) is not None
-    ]
-    return OnSiteInvoice(
-        invoice_id=invoice_id,
-        modified_at=_timestamp(_text(invoice, MODIFIED_NAMES)),
-        customer_id=_invoice_customer(invoice),
-        reference=_text(invoice, REFERENCE_NAMES),
-        lines=lines,
-        payments=payments,
-    )
-
-
 def parse_customer(customer: Element) -> OnSiteCustomer:
     customer_id = identity(customer, ("id", "customer_id"))
     if not customer_id:
         raise BadXml("customer without id")
-    name = first_child(customer, (NAME_NAME,))
+    name = first_child(customer, ("name",))
     first = _text(customer, FIRST_NAME_NAMES)
     last = _text(customer, LAST_NAME_NAMES)
     if name is not None and len(name):
@@ -289,6 +321,15 @@ def parse_customer(customer: Element) -> OnSiteCustomer:
         first_name=first,
         last_name=last,
     )
+
+
+def named(root: Element, item_tag: str, names: Iterable[str]) -> list[str]:
+    """The text under `names` of each `item_tag` of a list answer (product codes, methods)."""
+    return [
+        value
+        for element in root
+        if local(element.tag) == item_tag and (value := _text(element, names))
+    ]
 
 
 def total_count(root: Element) -> int | None:
@@ -327,7 +368,7 @@ def error_detail(response: httpx.Response) -> tuple[str, str]:
 # --- XML writing --------------------------------------------------------------------------------
 
 
-def _add(parent: Element, tag: str, text: str | None) -> Element:
+def _add(parent: Element, tag: str, text: str | None = None) -> Element:
     child = SubElement(parent, tag)
     child.text = text
     return child
@@ -342,36 +383,33 @@ def build_balance_move(
     amount: Decimal,
     *,
     reference: str,
+    product_code: str,
+    payment_method: str,
     customer_id: str | None,
     note: str | None,
 ) -> bytes:
+    """One invoice: a line of the gift card product with the serial (quantity 1 loads,
+    -1 takes money off), balanced by a payment of the merchant's `payment_method` (a refund
+    when negative), so only the two settings `/readyz` checks are named. The reference goes
+    in `import_id`. Element names follow a full invoice (`invoice.xml`); that one POST with
+    lines and payments creates it is UNCONFIRMED."""
     invoice = Element(INVOICE_TAG)
     if customer_id:
-        SubElement(invoice, CUSTOMER_TAG, {"id": customer_id})
-    _add(invoice, REFERENCE_NAMES[0], reference)
+        holder = SubElement(invoice, "invoice_customer")
+        SubElement(holder, CUSTOMER_TAG, {"id": customer_id})
+    _add(invoice, REFERENCE_NAME, reference)
     if note:
         _add(invoice, NOTES_NAME, note)
-    magnitude = _money(abs(amount))
-    lines = SubElement(invoice, LINES_NAMES[0])
-    payments = SubElement(invoice, PAYMENTS_NAMES[0])
-    line = SubElement(lines, LINE_NAMES[0])
-    product = SubElement(line, PRODUCT_NAME)
-    payment = SubElement(payments, PAYMENT_NAMES[0])
-    if amount > 0:
-        _add(product, PRODUCT_CODE_NAMES[0], GIFT_CARD_PRODUCT_CODE)
-        _add(line, LINE_TEXT_NAMES[0], GIFT_CARD_LABEL)
-        _add(line, SERIAL_NAMES[0], serial)
-        _add(payment, METHOD_NAMES[0], OFFSET_PAYMENT_METHOD)
-        _add(payment, AMOUNT_NAMES[0], magnitude)
-        _add(payment, PAYMENT_SERIAL_NAMES[0], reference)
-    else:
-        _add(product, PRODUCT_CODE_NAMES[0], OFFSET_PRODUCT_CODE)
-        _add(line, LINE_TEXT_NAMES[0], OFFSET_LINE_DESCRIPTION)
-        _add(payment, METHOD_NAMES[0], GIFT_CARD_LABEL)
-        _add(payment, AMOUNT_NAMES[0], magnitude)
-        _add(payment, PAYMENT_SERIAL_NAMES[0], serial)
-    _add(line, PRICE_NAMES[0], magnitude)
-    _add(line, QUANTITY_NAMES[0], "1")
+    magnitude = abs(amount)
+    line = SubElement(_add(invoice, "lineitems"), "lineitem")
+    _add(line, "quantity", "1" if amount > 0 else "-1")
+    _add(line, "sell_price", _money(magnitude))
+    product = _add(line, "lineitem_product")
+    _add(product, "code", product_code)
+    _add(line, "serial", serial)
+    payment = SubElement(_add(invoice, "payments"), "payment")
+    _add(payment, "method", payment_method)
+    _add(payment, "amount", _money(amount))
     body: bytes = tostring(invoice, encoding="utf-8", xml_declaration=True)
     return body
 

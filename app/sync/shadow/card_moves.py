@@ -74,6 +74,12 @@ async def move(
                 unconfirmed_move_minor=delta_minor,
             )
         raise MoveNotConfirmed(key) from None
+    except UpstreamError:
+        # Refused (say, an order spent the card between our read and this debit) or not sent:
+        # nothing moved, and the next call reads the card again.
+        raise ShopifyUnavailableError(
+            "Shopify could not re-size the card; it is unchanged.", retry_after=5
+        ) from None
     async with session.begin():
         await record_move(session, row, delta_minor, key, "resize")
 

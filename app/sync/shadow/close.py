@@ -175,6 +175,10 @@ async def _capture_spent(deps: ShadowDeps, session: AsyncSession, row: Any, due:
 async def _deactivate(deps: ShadowDeps, row: Any) -> ShopifyGiftCard | None:
     """Step 1; the card as deactivated, or None when no Shopify card was ever made."""
     shopify_id = row.shopify_gift_card_id
+    if shopify_id is None and row.hold_code is None:
+        # The hold was never confirmed, and the create is only asked for after it is
+        # recorded: no card can exist, so there is nothing to search for or wait on.
+        return None
     if shopify_id is None:
         code = deps.secrets.open_code(row.id, row.shopify_code_ciphertext)
         found = await deps.shopify.find_gift_card_by_code(code)

@@ -179,3 +179,27 @@ async def test_while_open_the_hold_covers_spent_plus_spendable(shop: Shop) -> No
     assert Decimal(shop.card(code)["balance"]) == Decimal("10.00")
     assert shop.held() == Decimal("45.00")
     assert shop.held() >= shop.spent_on_shopify(code) + Decimal(shop.card(code)["balance"])
+
+
+async def test_an_order_between_the_read_and_the_move_is_a_503_then_counted(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = (await shop.apply("50.00")).json()["shopifyGiftCardCode"]
+    deps = shop.runtime.shadow
+    assert deps is not None
+    real_read = deps.shopify.get_gift_card
+
+    async def read_then_an_order_spends(card_id: str) -> object:
+        card = await real_read(card_id)
+        monkeypatch.setattr(deps.shopify, "get_gift_card", real_read)
+        shop.order((code, "45.00"))  # lands after our read, before our debit
+        return card
+
+    monkeypatch.setattr(deps.shopify, "get_gift_card", read_then_an_order_spends)
+    raced = await shop.resize("20.00")
+    assert raced.status_code == 503 and raced.json()["code"] == "shopify_unavailable"
+    again = await shop.resize("20.00")
+    assert again.status_code == 200 and again.json()["amountApplied"] == "5.00"
+    await shop.release(code)
+    await shop.run_jobs()
+    await assert_closed_exactly(shop, code, "45.00")
