@@ -15,6 +15,8 @@ from app.db.engine import transaction
 from app.db.sql import sql
 from app.readiness import readiness
 from app.settings import PosKind
+from app.sync.omni_polling import SHOPIFY_POLLER
+from app.sync.pos_setup import pos_setup_checks
 
 
 @dataclass(frozen=True)
@@ -54,30 +56,31 @@ class Overview:
         return sum(self.open_findings.values())
 
 
-def _directions(settings: Any, cursors: dict[str, datetime]) -> list[Direction]:
-    pos = None if settings.pos_kind is PosKind.NONE else settings.pos_kind.value
-    pos_system = {"retail": "lightspeed", "onsite": "onsite"}.get(pos or "")
-    pos_cursor = f"omni:{pos_system}:changes" if pos_system else None
-    shopify_cursor = "omni-poll-shopify"
+def _directions(runtime: Any, cursors: dict[str, datetime]) -> list[Direction]:
+    settings = runtime.settings
+    pos = settings.pos_kind is not PosKind.NONE
+    pollers = runtime.pollers
+    pos_cursor = pollers.pos_cursor if pollers is not None else None
+    shopify_cursor = SHOPIFY_POLLER
     return [
         Direction(
             "POS → Shopify",
             "CREATE_UPDATE_SHOPIFY_GIFT_CARDS",
-            bool(pos) and settings.create_update_shopify_gift_cards,
+            pos and settings.create_update_shopify_gift_cards,
             pos_cursor,
             cursors.get(pos_cursor or ""),
         ),
         Direction(
             "Shopify → POS",
             "DOWNLOAD_SHOPIFY_GIFT_CARDS",
-            bool(pos) and settings.download_shopify_gift_cards,
+            pos and settings.download_shopify_gift_cards,
             shopify_cursor,
             cursors.get(shopify_cursor),
         ),
         Direction(
             "Gift card notifications",
             "SEND_GIFT_CARD_NOTIFICATIONS",
-            bool(pos) and settings.send_gift_card_notifications,
+            pos and settings.send_gift_card_notifications,
             None,
             None,
         ),
@@ -142,9 +145,10 @@ async def overview(runtime: Any) -> Overview:
             )
         ).all()
     shopify = runtime.clients.shopify if runtime.clients is not None else None
+    pos_client = runtime.clients.pos if runtime.clients is not None else None
     return Overview(
         pos_kind=settings.pos_kind.value,
-        directions=_directions(settings, cursors),
+        directions=_directions(runtime, cursors),
         queued=int(states.get("queued", 0)),
         running=int(states.get("running", 0)),
         dead=int(states.get("dead", 0)),
@@ -155,5 +159,6 @@ async def overview(runtime: Any) -> Overview:
         # Set by the Shopify client when it reads an answer's X-Shopify-API-Version, if it does.
         api_version_answered=getattr(shopify, "answered_api_version", None),
         tokens=_token_health(list(tokens), settings),
-        ready=await readiness(runtime),
+        # The same checks as /readyz, the POS set-up included (cached by its provider).
+        ready=await readiness(runtime, extra=lambda: pos_setup_checks(settings, pos_client)),
     )
