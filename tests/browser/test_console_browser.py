@@ -40,7 +40,10 @@ REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 @pytest.fixture
 def settings() -> Settings:
     return make_settings(
-        pos_kind="retail", create_update_shopify_gift_cards=True, download_shopify_gift_cards=True
+        pos_kind="retail",
+        create_update_shopify_gift_cards=True,
+        download_shopify_gift_cards=True,
+        shopify_admin_token="shpat_sandbox_token",
     )
 
 

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
+from app.clients.factory import Clients
 from app.runtime import Runtime, install_features
 from app.sync.reconcile import Reconciler
 from app.worker import Worker
@@ -66,11 +67,16 @@ class Store:
 @asynccontextmanager
 async def store(runtime: Runtime) -> AsyncIterator[Store]:
     async with omni_upstreams(runtime, "retail", "negative") as flow:
+        # As a served runtime holds them: /readyz and the console read the POS set-up back.
+        runtime.clients = Clients(shopify=flow.shop, pos=flow.pos_client)
         install_features(runtime)
         reconciler = runtime.reconciler
         assert reconciler is not None
         reconciler.bulk_poll_interval = 0.0  # the simulator finishes an export in two looks
-        yield Store(flow, reconciler)
+        try:
+            yield Store(flow, reconciler)
+        finally:
+            runtime.clients = None  # closed by omni_upstreams
 
 
 @asynccontextmanager
