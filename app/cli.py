@@ -16,7 +16,7 @@ from app import cli_pos, cli_setup
 from app.cli_common import console, settings_or_exit
 
 if TYPE_CHECKING:
-    from app.sync.operator import CardDetail
+    from app.sync.lookup import CardDetail
 
 cli = typer.Typer(
     help="giftsync: one gift card across Shopify, Lightspeed and Vii.", no_args_is_help=True
@@ -176,7 +176,7 @@ def cards_show(
     import uuid
 
     from app.db.engine import create_engine, resolve_database_url, session_factory
-    from app.sync.operator import card_detail
+    from app.sync.lookup import card_detail
 
     try:
         wanted = uuid.UUID(card_id)

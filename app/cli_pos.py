@@ -21,7 +21,7 @@ def pos_check() -> None:
     """Read the POS settings back from the POS and name each problem."""
     from app.runtime import build_runtime
     from app.settings import PosKind
-    from app.sync.pos_setup import failed_errors, pos_setup_checks
+    from app.sync.pos.setup import failed_errors, pos_setup_checks
 
     settings = settings_or_exit()
     if settings.pos_kind is PosKind.NONE:

@@ -1,6 +1,6 @@
 """`giftsync reconcile` and `giftsync backfill`: progress bars and summary tables.
 
-The flows (`app/sync/reconcile.py`, `app/sync/backfill.py`) report progress through callbacks;
+The flows (`app/sync/reconcile/`, `app/sync/backfill/`) report progress through callbacks;
 everything drawn on the terminal is drawn here.
 """
 

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.activity import RequestActivity
 from app.console import install_console
 from app.logging import configure_logging, get_logger
 from app.merchant_settings import apply_stored, keep_fresh
@@ -33,8 +32,6 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     """
     if run_worker is None:
         run_worker = os.environ.get("GIFTSYNC_NO_WORKER", "") == ""
-    # The requests this app answers, which its in-process worker gives way to.
-    activity = RequestActivity()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -52,7 +49,7 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         )
         app.state.runtime = owned
         if run_worker:
-            await owned.start_worker(gives_way_to=activity)
+            await owned.start_worker()
         log.info(
             "service_started",
             pid=os.getpid(),
@@ -78,10 +75,9 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     )
     if runtime is not None:
         app.state.runtime = runtime
-    app.state.activity = activity
     app.add_middleware(AuditMiddleware)
     app.add_middleware(ResponseHeadersMiddleware)
-    app.add_middleware(RequestContextMiddleware, activity=activity)
+    app.add_middleware(RequestContextMiddleware)
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(webhooks.router)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter(
     "giftsync_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -17,7 +17,7 @@ JOBS_FINISHED = Counter(
     "giftsync_jobs_finished_total", "Job attempts by outcome", ["kind", "outcome"]
 )
 
-# --- reconcile (app/sync/reconcile.py); `mode` is `repair` or `dry_run` ---
+# --- reconcile (app/sync/reconcile/); `mode` is `repair` or `dry_run` ---
 RECONCILE_CARDS_CHECKED = Counter(
     "giftsync_reconcile_cards_checked_total", "Cards a reconcile compared", ["mode"]
 )
@@ -42,4 +42,11 @@ RECONCILE_RUN_SECONDS = Histogram(
     "Wall time of one reconcile run (one execution; a resumed run counts each)",
     ["mode"],
     buckets=(1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0),
+)
+
+# --- Shopify (app/clients/shopify) ---
+SHOPIFY_API_VERSION_MISMATCH = Gauge(
+    "giftsync_shopify_api_version_mismatch",
+    "1 when Shopify answers another Admin API version (X-Shopify-API-Version) than the one asked",
+    ["asked", "answered"],
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import re
 import secrets
 import time
@@ -10,7 +9,6 @@ import time
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.activity import RequestActivity
 from app.logging import get_logger
 from app.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -27,14 +25,10 @@ log = get_logger("giftsync.http")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, activity: RequestActivity | None = None) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.activity = activity or RequestActivity()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, _freeze_after_startup(send))
-            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -58,8 +52,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            with self.activity.request():
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
@@ -74,21 +67,3 @@ class RequestContextMiddleware:
                 ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
-
-
-def _freeze_after_startup(send: Send) -> Send:
-    """Once startup is done, move every object built so far out of the cyclic GC's sight.
-
-    The service starts with some 150,000 long-lived objects (modules, the app, SQLAlchemy and
-    pydantic machinery); each full collection walked them all and stalled every request in
-    flight for tens of milliseconds. Frozen, they are never scanned (nor freed, which they
-    would not be anyway).
-    """
-
-    async def send_then_freeze(message: Message) -> None:
-        await send(message)
-        if message["type"] == "lifespan.startup.complete":
-            gc.collect()
-            gc.freeze()
-
-    return send_then_freeze

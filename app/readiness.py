@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
+from app.db import heartbeats
 from app.db.migrate import current_revision, head_revision
 from app.settings import PosKind, Settings
 
@@ -68,9 +69,7 @@ async def _database(runtime: Runtime) -> dict[str, Check]:
         async with asyncio.timeout(3):
             async with runtime.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
-                age = await connection.scalar(
-                    text("SELECT EXTRACT(EPOCH FROM now() - max(beat_at)) FROM worker_heartbeats")
-                )
+                age = await heartbeats.seconds_since_newest(connection)
     except Exception as exc:
         unreachable = "database unreachable"
         return {

@@ -15,26 +15,39 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import wiring
-from app.activity import RequestActivity
 from app.clients.factory import Clients, build_clients
 from app.clients.shopify import ShopifyClient
 from app.db.engine import SessionFactory, create_engine, resolve_database_url, session_factory
 from app.db.migrate import upgrade_to_head
 from app.db.tokens import DbTokenStore, TokenSet
 from app.logging import get_logger
-from app.sandbox.runner import Sandbox, point_settings_at, seed_all, start_sandbox
+from app.sandbox.runner import (
+    Sandbox,
+    point_settings_at,
+    sandbox_defaults,
+    seed_all,
+    start_sandbox,
+)
 from app.settings import Settings
 from app.sync import shadow
 from app.sync.backfill import Backfill
 from app.sync.inbox import Inbox, TopicHandler
 from app.sync.omni import OmniSync
-from app.sync.omni_polling import OmniPollers
+from app.sync.omni.triggers import OmniPollers
 from app.sync.reconcile import Reconciler
 from app.sync.shadow.gate import CardGate
 from app.worker import JobHandler, Periodic, Worker
 
 log = get_logger(__name__)
 
+SANDBOX_STATE = "sandbox-simulators.pickle"
+SANDBOX_TOUR = (
+    "what to try (http://127.0.0.1:8000 unless --port):",
+    "  /console  sign in with admin_token from .data/sandbox-secrets.json: overview, findings,",
+    "            runs (start a backfill to move the demo cards both ways), cards, settings",
+    "  /demo/checkout  a Vii card at checkout (6280002345678901 / 2345)",
+    "  /readyz  every check, with the simulated POS set-up read back",
+)
 _SANDBOX_SECRETS = ("admin_token", "card_hash_key", "pin_encryption_key", "shopify_api_secret")
 
 
@@ -86,8 +99,8 @@ class Runtime:
         self.handlers = wiring.job_handlers(self)
         self.periodic = wiring.schedules(self, self.settings)
 
-    async def start_worker(self, *, gives_way_to: RequestActivity | None = None) -> Worker:
-        self.worker = Worker(self.sessions, self.handlers, self.periodic, gives_way_to=gives_way_to)
+    async def start_worker(self) -> Worker:
+        self.worker = Worker(self.sessions, self.handlers, self.periodic)
         await self.worker.beat()
         self._tasks.append(asyncio.create_task(self.worker.run(self._stop), name="worker"))
         return self.worker
@@ -121,7 +134,7 @@ def _shopify_of(runtime: Runtime) -> ShopifyClient | None:
     """The one Shopify client of this process (tests wire flows without `clients`)."""
     if runtime.clients is not None and runtime.clients.shopify is not None:
         return runtime.clients.shopify
-    if runtime.omni is not None and isinstance(runtime.omni.shopify, ShopifyClient):
+    if runtime.omni is not None:
         return runtime.omni.shopify
     return runtime.shadow.shopify if runtime.shadow is not None else None
 
@@ -148,7 +161,7 @@ def assemble(
             sessions, CardGate(engine), settings, clients.vii, clients.shopify
         )
     if clients.shopify is not None:
-        from app.sync.pos_factory import build_pos
+        from app.sync.pos.factory import build_pos
 
         pos = build_pos(settings, clients, sessions)
         if pos is not None:
@@ -165,9 +178,14 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         await upgrade_to_head(engine, database_url)
     sandbox = None
     if settings.sandbox_enabled:
-        sandbox = await start_sandbox(settings)
+        settings = sandbox_defaults(settings)
+        # Beside the embedded database only: its links to simulator cards must survive a
+        # restart together with the cards (an external database is not ours to pair with).
+        state = None if settings.database_url else Path(settings.data_dir) / SANDBOX_STATE
+        sandbox = await start_sandbox(settings, state_path=state)
         # Demo data (simulator cards and PINs) for the person at the terminal, not the log.
-        print("\n".join(["sandbox demo data:", *seed_all(sandbox)]), file=sys.stderr)
+        demo = seed_all(sandbox) if not sandbox.restored else ["(simulators restored)"]
+        print("\n".join(["sandbox demo data:", *demo, *SANDBOX_TOUR]), file=sys.stderr)
         settings = point_settings_at(settings, sandbox)
     sessions = session_factory(engine)
     if sandbox is not None and settings.lightspeed_refresh_token is not None:
@@ -178,6 +196,10 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     runtime = assemble(
         settings, database_url, engine, sessions, build_clients(settings, sessions), sandbox
     )
+    if sandbox is not None and sandbox.state_path is not None:
+        runtime._tasks.append(
+            asyncio.create_task(sandbox.keep_saving(runtime._stop), name="sandbox-state")
+        )
     log.info(
         "runtime_ready",
         database="embedded" if settings.database_url is None else "external",

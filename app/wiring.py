@@ -18,8 +18,9 @@ from typing import Any
 from app.settings import Settings
 from app.sync import inbox, runs
 from app.sync.backfill import Backfill
-from app.sync.omni import DEACTIVATE_JOB, MOVE_JOB, NOTIFY_JOB, SYNC_JOB, OmniSync
-from app.sync.omni_polling import POS_POLLER, SHOPIFY_POLLER, OmniPollers
+from app.sync.omni import moves as omni_moves
+from app.sync.omni.common import DEACTIVATE_JOB, MOVE_JOB, NOTIFY_JOB, SYNC_JOB
+from app.sync.omni.triggers import POS_POLLER, SHOPIFY_POLLER, OmniPollers
 from app.sync.reconcile import DEACTIVATE_SHADOW_JOB, PERIODIC_NAME, Reconciler
 from app.sync.shadow import close as shadow_close
 from app.sync.shadow import lifecycle as shadow_lifecycle
@@ -66,10 +67,10 @@ JOBS: Mapping[str, On] = {
     shadow_vii.UNDO_JOB: On(
         "shadow", shadow_vii.undo_job, "undo a Vii write whose answer was lost"
     ),
-    SYNC_JOB: On("omni", OmniSync.run_sync, "three-way merge of one omni card"),
-    MOVE_JOB: On("omni", OmniSync.run_move, "one planned debit or credit on one side"),
-    DEACTIVATE_JOB: On("omni", OmniSync.run_deactivate, "deactivate one side of a card"),
-    NOTIFY_JOB: On("omni", OmniSync.run_notify, "Shopify emails the card's customer"),
+    SYNC_JOB: On("omni", omni_moves.run_sync, "three-way merge of one omni card"),
+    MOVE_JOB: On("omni", omni_moves.run_move, "one planned debit or credit on one side"),
+    DEACTIVATE_JOB: On("omni", omni_moves.run_deactivate, "deactivate one side of a card"),
+    NOTIFY_JOB: On("omni", omni_moves.run_notify, "Shopify emails the card's customer"),
     runs.RECONCILE_JOB: On("reconciler", Reconciler.run_job, "one reconcile run"),
     DEACTIVATE_SHADOW_JOB: On(
         "reconciler", Reconciler.run_deactivate, "deactivate an orphaned shadow card"

@@ -17,12 +17,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import text
-
-from app.activity import RequestActivity
-from app.db import jobs
+from app.db import heartbeats, jobs
 from app.db.engine import SessionFactory, autocommit_connection, transaction
-from app.db.locks import lock_key
+from app.db.locks import try_lock_for_connection, unlock_for_connection
 from app.logging import get_logger, mask_text
 from app.metrics import JOBS_FINISHED
 
@@ -58,14 +55,6 @@ class WorkerConfig:
     idle_poll: float = 0.5
     lease: timedelta = timedelta(seconds=60)
     heartbeat_every: float = 5.0
-    concurrency_while_busy: int = 1
-    """Job loops that run whatever the requests do; the others wait for room (app/activity)."""
-    settled_for: float = 0.25
-    """Room: this long without a request in flight..."""
-    busy_cpu_share: float = 0.8
-    """...or the process using less than this share of its core."""
-    room_at_most: float = 5.0
-    """Longest a job loop waits for room before its next job anyway."""
 
 
 @dataclass
@@ -74,8 +63,6 @@ class Worker:
     handlers: dict[str, JobHandler]
     periodic: list[Periodic] = field(default_factory=list)
     config: WorkerConfig = field(default_factory=WorkerConfig)
-    gives_way_to: RequestActivity | None = None
-    """The HTTP requests of the process this worker runs in (app/activity.py)."""
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     )
@@ -92,7 +79,7 @@ class Worker:
                 for p in self.periodic
             ),
             *(
-                asyncio.create_task(self._job_loop(stop, n), name=f"jobs:{n}")
+                asyncio.create_task(self._job_loop(stop), name=f"jobs:{n}")
                 for n in range(self.config.concurrency)
             ),
         ]
@@ -121,16 +108,7 @@ class Worker:
 
     async def beat(self) -> None:
         async with transaction(self.sessions) as session:
-            await session.execute(
-                text(
-                    """
-                    INSERT INTO worker_heartbeats (worker_id, started_at, beat_at)
-                    VALUES (:w, now(), now())
-                    ON CONFLICT (worker_id) DO UPDATE SET beat_at = now()
-                    """
-                ),
-                {"w": self.worker_id},
-            )
+            await heartbeats.beat(session, self.worker_id)
             await jobs.extend_leases(
                 session, self.worker_id, sorted(self._in_flight), self.config.lease
             )
@@ -138,10 +116,7 @@ class Worker:
     async def _retire(self) -> None:
         try:
             async with transaction(self.sessions) as session:
-                await session.execute(
-                    text("DELETE FROM worker_heartbeats WHERE worker_id = :w"),
-                    {"w": self.worker_id},
-                )
+                await heartbeats.retire(session, self.worker_id)
         except Exception:
             log.warning("heartbeat_retire_failed", worker_id=self.worker_id)
 
@@ -153,16 +128,8 @@ class Worker:
             except Exception as exc:
                 log.warning("heartbeat_failed", error=mask_text(str(exc)))
 
-    async def _job_loop(self, stop: asyncio.Event, index: int) -> None:
-        # The first loops always run; the rest wait for room beside the process's requests.
-        waits_for = self.gives_way_to if index >= self.config.concurrency_while_busy else None
+    async def _job_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            if waits_for is not None:
-                await waits_for.room(
-                    self.config.room_at_most,
-                    settled_for=self.config.settled_for,
-                    cpu_below=self.config.busy_cpu_share,
-                )
             try:
                 async with transaction(self.sessions) as session:
                     claimed = await jobs.claim(
@@ -236,12 +203,11 @@ async def run_as_singleton(
     many transactions, and if this process dies its connection closes and the lock is freed.
     """
     async with autocommit_connection(sessions) as autocommit:
-        key = lock_key(f"singleton:{name}")
-        got = await autocommit.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-        if not got:
+        lock = f"singleton:{name}"
+        if not await try_lock_for_connection(autocommit, lock):
             return False
         try:
             await work()
         finally:
-            await autocommit.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            await unlock_for_connection(autocommit, lock)
         return True

@@ -241,7 +241,7 @@ async def _run_backfill(
     from app.sync import runs
     from app.sync.backfill import Backfill
     from app.sync.omni import OmniSync
-    from app.sync.pos_lightspeed import LightspeedPos
+    from app.sync.pos.lightspeed import LightspeedPos
     from tests.memory_tokens import MemoryTokenStore
 
     configure_logging("WARNING", json=True)

@@ -59,7 +59,7 @@ from app.sandbox.lightspeed import LightspeedSimulator  # noqa: E402
 from app.sandbox.shopify import ShopifySimulator  # noqa: E402
 from app.settings import BalanceSign, PosKind, Settings  # noqa: E402
 from app.sync.omni import OmniSync  # noqa: E402
-from app.sync.pos_factory import build_pos  # noqa: E402
+from app.sync.pos.factory import build_pos  # noqa: E402
 from tests.memory_tokens import MemoryTokenStore  # noqa: E402
 
 DATABASE = "giftsync_bench_mirror"

@@ -318,7 +318,7 @@ def measure(
     from app.settings import BalanceSign, PosKind, Settings
     from app.sync import runs
     from app.sync.omni import OmniSync
-    from app.sync.pos_lightspeed import LightspeedPos
+    from app.sync.pos.lightspeed import LightspeedPos
     from app.sync.reconcile import Reconciler
     from tests.memory_tokens import MemoryTokenStore
 

@@ -22,9 +22,9 @@ from app.sandbox.onsite import OnSiteReadings, OnSiteSimulator
 from app.sandbox.shopify import ShopifySimulator
 from app.settings import BalanceSign, PosKind
 from app.sync.omni import OmniSync
-from app.sync.omni_polling import OmniPollers
+from app.sync.omni.triggers import OmniPollers
 from app.sync.pos import PosGiftCards
-from app.sync.pos_factory import build_pos
+from app.sync.pos.factory import build_pos
 from app.worker import Worker
 from tests.memory_tokens import MemoryTokenStore
 
@@ -125,7 +125,7 @@ async def omni_upstreams(
     shop = ShopifyClient(
         "http://shop.sim",
         "shpat_sandbox_token",
-        "2025-01",
+        "2026-07",
         timeout=2.0,
         transport=httpx.ASGITransport(app=shop_sim.app),
     )

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -12,11 +10,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.activity import RequestActivity
 from app.db import jobs
 from app.db.engine import SessionFactory, create_engine, session_factory, transaction
 from app.worker import (
-    JobHandler,
     PermanentJobError,
     RetryLater,
     Worker,
@@ -262,125 +258,3 @@ async def test_a_database_error_while_recording_a_result_does_not_kill_the_loop(
     )
     await _run_until(worker, lambda: len(ran) >= 2)
     assert sorted(ran) == [0, 1]
-
-
-def _busy_worker(
-    sessions: SessionFactory,
-    activity: RequestActivity,
-    handler: JobHandler,
-    *,
-    busy_cpu_share: float,
-) -> Worker:
-    config = WorkerConfig(
-        concurrency=3,
-        idle_poll=0.02,
-        room_at_most=30.0,
-        settled_for=0.25,
-        busy_cpu_share=busy_cpu_share,
-    )
-    return Worker(sessions, {"probe": handler}, config=config, gives_way_to=activity)
-
-
-class _Concurrency:
-    """A job handler that notes how many jobs ran at once."""
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.seen: list[int] = []
-
-    async def __call__(self, payload: dict[str, Any]) -> None:
-        self.running += 1
-        self.seen.append(self.running)
-        await asyncio.sleep(0.05)
-        self.running -= 1
-
-
-@contextlib.asynccontextmanager
-async def _stream_of_requests(activity: RequestActivity) -> AsyncIterator[None]:
-    """Requests one after another, never 250 ms apart."""
-    answering = True
-
-    async def answer() -> None:
-        while answering:
-            with activity.request():
-                await asyncio.sleep(0.004)
-            await asyncio.sleep(0.001)
-
-    task = asyncio.create_task(answer())
-    try:
-        yield
-    finally:
-        answering = False
-        await task
-
-
-async def test_while_requests_keep_the_process_busy_one_job_runs_at_a_time(
-    sessions: SessionFactory,
-) -> None:
-    activity, jobs_seen = RequestActivity(), _Concurrency()
-    # A CPU share of 0 is never below the limit: the process counts as saturated.
-    worker = _busy_worker(sessions, activity, jobs_seen, busy_cpu_share=0.0)
-    await _enqueue_many(sessions, 6)
-    async with _stream_of_requests(activity):
-        await _run_until(worker, lambda: len(jobs_seen.seen) >= 6)
-    assert max(jobs_seen.seen) == 1
-
-
-async def test_requests_that_leave_cpu_to_spare_get_every_job_loop(
-    sessions: SessionFactory,
-) -> None:
-    activity, jobs_seen = RequestActivity(), _Concurrency()
-    worker = _busy_worker(sessions, activity, jobs_seen, busy_cpu_share=10.0)
-    await _enqueue_many(sessions, 6)
-    async with _stream_of_requests(activity):
-        await _run_until(worker, lambda: len(jobs_seen.seen) >= 6)
-    assert max(jobs_seen.seen) > 1
-
-
-async def test_once_requests_stop_every_job_loop_runs_again(sessions: SessionFactory) -> None:
-    activity, jobs_seen = RequestActivity(), _Concurrency()
-    worker = _busy_worker(sessions, activity, jobs_seen, busy_cpu_share=0.0)
-    with activity.request():
-        await asyncio.sleep(0)
-    await asyncio.sleep(0.3)  # settled: no request for longer than `settled_for`
-    await _enqueue_many(sessions, 6)
-    await _run_until(worker, lambda: len(jobs_seen.seen) >= 6)
-    assert max(jobs_seen.seen) > 1
-
-
-async def test_a_busy_process_slows_jobs_but_never_stalls_them(
-    sessions: SessionFactory,
-) -> None:
-    activity = RequestActivity()
-    runs: list[int] = []
-
-    async def handler(payload: dict[str, Any]) -> None:
-        runs.append(payload["n"])
-
-    config = WorkerConfig(concurrency=2, idle_poll=0.02, room_at_most=0.1, busy_cpu_share=0.0)
-    worker = Worker(sessions, {"probe": handler}, config=config, gives_way_to=activity)
-    await _enqueue_many(sessions, 4)
-    with activity.request():  # never settled, never below the CPU limit
-        await _run_until(worker, lambda: len(runs) >= 4)
-    assert sorted(runs) == [0, 1, 2, 3]
-
-
-async def test_settled_means_no_request_for_that_long() -> None:
-    activity = RequestActivity()
-    with activity.request():
-        assert not activity.settled(0.0)
-    ended = time.monotonic()
-    assert await activity.room(5.0, settled_for=0.2, cpu_below=0.0)
-    assert time.monotonic() - ended >= 0.2
-    with activity.request():
-        assert not await activity.room(0.05, settled_for=0.0, cpu_below=0.0)
-
-
-async def test_the_cpu_share_follows_what_the_process_burns() -> None:
-    activity = RequestActivity()
-    started = time.process_time()
-    while time.process_time() - started < 0.4:  # one core's worth of work
-        sum(range(1000))
-    assert activity.cpu_share() > 0.5
-    await asyncio.sleep(0.4)
-    assert activity.cpu_share() < 0.5

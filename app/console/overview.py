@@ -15,8 +15,8 @@ from app.db.engine import transaction
 from app.db.sql import sql
 from app.readiness import readiness
 from app.settings import PosKind
-from app.sync.omni_polling import SHOPIFY_POLLER
-from app.sync.pos_setup import pos_setup_checks
+from app.sync.omni import SHOPIFY_POLLER
+from app.sync.pos.setup import pos_setup_checks
 
 
 @dataclass(frozen=True)

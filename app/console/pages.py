@@ -15,7 +15,7 @@ from app.console.web import SignedIn, form_field, render, see_other
 from app.db import lists
 from app.db.engine import transaction
 from app.db.sql import sql
-from app.sync import operator as ops
+from app.sync import lookup as ops
 from app.sync import runs, shadow
 
 router = APIRouter(prefix="/console", include_in_schema=False)

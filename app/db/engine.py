@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import event, exc
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -37,50 +34,16 @@ def resolve_database_url(settings: Settings) -> str:
     return start_embedded(Path(settings.data_dir))
 
 
-# A pooled connection unused for this long is pinged before it is handed out again.
-PING_AFTER_IDLE_SECONDS = 10.0
-_RETURNED_AT = "giftsync_returned_at"
-
-
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    engine = create_async_engine(
+    # pool_pre_ping: a connection cut by a restart, a failover or a proxy is replaced before
+    # any statement runs on it (one cheap round trip per checkout from the pool).
+    return create_async_engine(
         asyncpg_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_timeout=10,
-        # Most recently used first: under light load a few warm connections serve everything
-        # and the rest stay idle, where the idle ping below looks at them.
-        pool_use_lifo=True,
+        pool_pre_ping=True,
     )
-    _ping_when_idle(engine.sync_engine)
-    return engine
-
-
-def _ping_when_idle(engine: Engine) -> None:
-    """Pre-ping only connections that sat idle, instead of a round trip on every checkout.
-
-    A connection just returned was alive a moment ago; one idle for a while may have been cut
-    by a restart, a failover or a proxy, and is replaced before any statement runs. A server
-    lost in between fails the statements in flight (before any upstream call, each flow's
-    transaction then rolls back) and SQLAlchemy drops the pool on that disconnect.
-    """
-
-    @event.listens_for(engine, "checkin")
-    def _returned(dbapi_connection: Any, record: Any) -> None:
-        record.info[_RETURNED_AT] = time.monotonic()
-
-    @event.listens_for(engine, "checkout")
-    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        returned = record.info.get(_RETURNED_AT)
-        if returned is None or time.monotonic() - returned < PING_AFTER_IDLE_SECONDS:
-            return  # a new connection (fresh) or one in steady use
-        try:
-            engine.dialect.do_ping(dbapi_connection)
-        except engine.dialect.loaded_dbapi.Error as error:
-            if engine.dialect.is_disconnect(error, dbapi_connection, None):
-                # The pool retries the checkout on a new connection, dropping the old ones.
-                raise exc.InvalidatePoolError() from error
-            raise
 
 
 SessionFactory = async_sessionmaker[AsyncSession]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.sql import rowcount, sql
 
 DEFAULT_MAX_ATTEMPTS = 8
 
@@ -45,7 +47,7 @@ async def enqueue(
     cluster-wide notification lock.
     """
     job_id: int | None = await session.scalar(
-        text(
+        sql(
             """
             INSERT INTO jobs (kind, payload, idempotency_key, run_at, max_attempts)
             VALUES (:kind, CAST(:payload AS jsonb), :key, COALESCE(:run_at, now()), :max_attempts)
@@ -69,7 +71,7 @@ async def claim(
 ) -> list[ClaimedJob]:
     """Claim due jobs (and jobs whose lease ran out) without ever blocking on another worker."""
     rows = await session.execute(
-        text(
+        sql(
             """
             UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_by = :worker,
                    locked_until = now() + :lease, updated_at = now()
@@ -92,7 +94,7 @@ async def claim(
 async def complete(session: AsyncSession, job_id: int, worker_id: str) -> bool:
     """Mark done only if this worker still holds the lease; False means another took it over."""
     result = await session.execute(
-        text(
+        sql(
             """
             UPDATE jobs SET state = 'done', finished_at = now(), locked_by = NULL,
                    locked_until = NULL, last_error = NULL, updated_at = now()
@@ -101,7 +103,7 @@ async def complete(session: AsyncSession, job_id: int, worker_id: str) -> bool:
         ),
         {"id": job_id, "worker": worker_id},
     )
-    return _rowcount(result) == 1
+    return rowcount(result) == 1
 
 
 def backoff(attempts: int, *, base: float = 1.0, cap: float = 600.0) -> timedelta:
@@ -128,7 +130,7 @@ async def fail(
     dead = permanent or (count_attempt and job.attempts >= job.max_attempts)
     delay = retry_in if retry_in is not None else backoff(job.attempts)
     state: str | None = await session.scalar(
-        text(
+        sql(
             """
             UPDATE jobs SET state = :state, last_error = :error, locked_by = NULL,
                    attempts = attempts - CASE WHEN :count_attempt THEN 0 ELSE 1 END,
@@ -157,7 +159,7 @@ async def extend_leases(
 ) -> None:
     if job_ids:
         await session.execute(
-            text(
+            sql(
                 """
                 UPDATE jobs SET locked_until = now() + :lease
                 WHERE id = ANY(:ids) AND locked_by = :worker AND state = 'running'
@@ -170,7 +172,7 @@ async def extend_leases(
 async def retry_dead(session: AsyncSession, job_id: int) -> bool:
     """Give a dead job a fresh set of attempts; False if it is not dead."""
     result = await session.execute(
-        text(
+        sql(
             """
             UPDATE jobs SET state = 'queued', attempts = 0, run_at = now(), finished_at = NULL,
                    updated_at = now()
@@ -179,12 +181,68 @@ async def retry_dead(session: AsyncSession, job_id: int) -> bool:
         ),
         {"id": job_id},
     )
-    return _rowcount(result) == 1
-
-
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
+    return rowcount(result) == 1
 
 
 def _json(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True, default=str)
+
+
+async def claim_by_key(
+    session: AsyncSession, idempotency_key: str, worker_id: str, lease: timedelta
+) -> ClaimedJob | None:
+    """Take the job with this key for `worker_id` unless a worker holds an unexpired lease."""
+    row = (
+        await session.execute(
+            sql(
+                """
+                UPDATE jobs SET state = 'running', attempts = attempts + 1,
+                       locked_by = :worker, locked_until = now() + :lease, updated_at = now()
+                WHERE idempotency_key = :key
+                  AND (state = 'queued' OR (state = 'running' AND locked_until < now()))
+                RETURNING id, kind, payload, idempotency_key, attempts, max_attempts
+                """
+            ),
+            {"worker": worker_id, "lease": lease, "key": idempotency_key},
+        )
+    ).first()
+    return None if row is None else ClaimedJob(*row)
+
+
+async def unfinished_for_card(session: AsyncSession, card_id: uuid.UUID, kinds: list[str]) -> bool:
+    """True while a job of one of `kinds` for this card is queued, running or dead."""
+    found = await session.scalar(
+        sql(
+            """
+            SELECT 1 FROM jobs
+            WHERE payload->>'card_id' = :c AND state <> 'done' AND kind = ANY(:kinds)
+            LIMIT 1
+            """
+        ),
+        {"c": str(card_id), "kinds": kinds},
+    )
+    return found is not None
+
+
+async def state_of(session: AsyncSession, job_id: int) -> str | None:
+    state: str | None = await session.scalar(
+        sql("SELECT state FROM jobs WHERE id = :id"), {"id": job_id}
+    )
+    return state
+
+
+async def summaries(session: AsyncSession, state: str, *, limit: int) -> list[Any]:
+    """Jobs in `state`, newest first, without their payloads (they can carry sealed secrets)."""
+    rows = await session.execute(
+        sql(
+            """
+            SELECT id, kind, state, attempts, max_attempts, last_error, run_at, idempotency_key,
+                   created_at
+            FROM jobs WHERE state = :state
+            ORDER BY created_at DESC, id DESC
+            LIMIT :limit
+            """
+        ),
+        {"state": state, "limit": limit},
+    )
+    return list(rows.all())

@@ -57,7 +57,3 @@ async def upgrade_to_head(engine: AsyncEngine, url: str) -> None:
             await connection.execute(
                 text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key("migrate")}
             )
-
-
-def downgrade_to_base(url: str) -> None:
-    command.downgrade(alembic_config(url), "base")

@@ -275,7 +275,7 @@ class OAuthToken(Base):
 
     provider: Mapped[str] = mapped_column(String(64), primary_key=True)
     access_token: Mapped[str | None] = mapped_column(Text)
-    refresh_token: Mapped[str] = mapped_column(Text)
+    refresh_token: Mapped[str | None] = mapped_column(Text)
     expires_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 

@@ -290,3 +290,22 @@ async def unsettled_closed(session: AsyncSession, *, limit: int) -> list[Any]:
             )
         ).all()
     )
+
+
+async def newest_view_for_card(session: AsyncSession, card_id: uuid.UUID) -> Any:
+    """What operators see of a card's newest shadow row (no sealed column), or None.
+
+    One checkout per shadow card in practice; the newest is the one that matters.
+    """
+    return (
+        await session.execute(
+            sql(
+                """
+                SELECT state, vii_last4, applied_amount_minor, hold_amount_minor,
+                       captured_amount_minor, expires_at
+                FROM shadow_cards WHERE card_id = :c ORDER BY created_at DESC LIMIT 1
+                """
+            ),
+            {"c": card_id},
+        )
+    ).first()

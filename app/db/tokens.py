@@ -2,6 +2,12 @@
 
 Lightspeed rotates both tokens on every refresh and kills the old refresh token, so two replicas
 refreshing at once would lock one of them (and, if the loser saved last, every process) out.
+Shopify's client credentials tokens live here too (provider `shopify`, no refresh token), so
+replicas share one token and renew it once.
+
+At rest every token is sealed with `TokenSealer` (AES-GCM under a key derived from
+PIN_ENCRYPTION_KEY), bound to its provider and column. A row written before sealing is read once
+as plain text and sealed again at once, so no plain token outlives its first read.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.crypto import TokenSealer, is_sealed
 from app.db.locks import lock_for_transaction
 from app.db.models import OAuthToken
 
@@ -23,7 +30,8 @@ from app.db.models import OAuthToken
 @dataclass
 class TokenSet:
     access_token: str | None = field(repr=False)
-    refresh_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    """None for a grant without refresh tokens (Shopify's client credentials)."""
     expires_at: datetime | None
 
 
@@ -41,13 +49,37 @@ class SupportsRefreshLock(Protocol):
 
 
 class DbTokenStore(TokenStore):
-    """One `oauth_tokens` row per provider; every save is committed before it returns."""
+    """One `oauth_tokens` row per provider; every save is committed before it returns.
+
+    With a `sealer` (always, in a running giftsync) tokens are stored sealed; without one they
+    are stored as given, which only tests of the plain-row upgrade do.
+    """
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], provider: str = "lightspeed"
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        provider: str = "lightspeed",
+        *,
+        sealer: TokenSealer | None = None,
     ) -> None:
         self._sessions = sessions
         self._provider = provider
+        self._sealer = sealer
+
+    def _context(self, column: str) -> str:
+        return f"{self._provider}:{column}"
+
+    def _seal(self, value: str | None, column: str) -> str | None:
+        if value is None or self._sealer is None:
+            return value
+        return self._sealer.seal(value, self._context(column))
+
+    def _open(self, stored: str | None, column: str) -> str | None:
+        if stored is None or not is_sealed(stored):
+            return stored
+        if self._sealer is None:
+            raise ValueError(f"{self._provider} tokens are sealed: PIN_ENCRYPTION_KEY is needed")
+        return self._sealer.open(stored, self._context(column))
 
     async def load(self) -> TokenSet | None:
         async with self._sessions() as session:
@@ -56,17 +88,42 @@ class DbTokenStore(TokenStore):
             )
             if row is None:
                 return None
-            return TokenSet(
-                access_token=row.access_token,
-                refresh_token=row.refresh_token,
+            stored_access, stored_refresh = row.access_token, row.refresh_token
+            tokens = TokenSet(
+                access_token=self._open(stored_access, "access_token"),
+                refresh_token=self._open(stored_refresh, "refresh_token"),
                 expires_at=row.expires_at,
             )
+        if self._sealer is not None and any(
+            value is not None and not is_sealed(value) for value in (stored_access, stored_refresh)
+        ):
+            await self._reseal(stored_access, stored_refresh, tokens)
+        return tokens
+
+    async def _reseal(
+        self, stored_access: str | None, stored_refresh: str | None, tokens: TokenSet
+    ) -> None:
+        """Seal a row written before sealing, unless someone saved a new one meanwhile."""
+        statement = (
+            update(OAuthToken)
+            .where(
+                OAuthToken.provider == self._provider,
+                OAuthToken.access_token.is_not_distinct_from(stored_access),
+                OAuthToken.refresh_token.is_not_distinct_from(stored_refresh),
+            )
+            .values(
+                access_token=self._seal(tokens.access_token, "access_token"),
+                refresh_token=self._seal(tokens.refresh_token, "refresh_token"),
+            )
+        )
+        async with self._sessions() as session, session.begin():
+            await session.execute(statement)
 
     async def save(self, tokens: TokenSet) -> None:
         statement = insert(OAuthToken).values(
             provider=self._provider,
-            access_token=tokens.access_token,
-            refresh_token=tokens.refresh_token,
+            access_token=self._seal(tokens.access_token, "access_token"),
+            refresh_token=self._seal(tokens.refresh_token, "refresh_token"),
             expires_at=tokens.expires_at,
         )
         statement = statement.on_conflict_do_update(

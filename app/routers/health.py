@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.readiness import readiness
-from app.sync.pos_setup import pos_setup_checks
+from app.sync.pos.setup import pos_setup_checks
 
 router = APIRouter(tags=["health"])
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -34,12 +37,61 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+# What a simulator holds but is not its state: its app, fault switches and test hooks.
+_NOT_STATE = frozenset({"app", "faults", "barrier", "barrier_cards", "waiting", "request_count"})
+SAVE_EVERY_S = 2.0
+
+
+def _state_of(simulator: Any) -> dict[str, Any]:
+    """Every attribute that pickles (cards, orders, tokens, counters), nothing that does not."""
+    state: dict[str, Any] = {}
+    for name, value in vars(simulator).items():
+        if name in _NOT_STATE:
+            continue
+        try:
+            pickle.dumps(value)
+        except Exception:  # noqa: S112 - clocks, locks and apps are rebuilt, not kept
+            continue
+        state[name] = value
+    return state
+
+
 @dataclass
 class Sandbox:
     simulators: dict[str, Any]
     urls: dict[str, str] = field(default_factory=dict)
+    state_path: Path | None = None
+    """Where the simulators' state is kept beside the database, so a restart finds the two
+    in step (the database keeps links to simulator cards)."""
+    restored: bool = False
     _servers: list[uvicorn.Server] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def save(self) -> None:
+        if self.state_path is None:
+            return
+        snapshot = {name: _state_of(sim) for name, sim in self.simulators.items()}
+        partial = self.state_path.with_suffix(".tmp")
+        partial.write_bytes(pickle.dumps(snapshot))
+        os.chmod(partial, 0o600)
+        partial.replace(self.state_path)
+
+    def restore(self) -> bool:
+        if self.state_path is None or not self.state_path.exists():
+            return False
+        # Our own file, written by save() above into the private data directory.
+        snapshot = pickle.loads(self.state_path.read_bytes())  # noqa: S301
+        for name, state in snapshot.items():
+            if name in self.simulators:
+                vars(self.simulators[name]).update(state)
+        return True
+
+    async def keep_saving(self, stop: asyncio.Event) -> None:
+        """Save every few seconds until `stop` (a crash loses at most that much)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=SAVE_EVERY_S)
+            await asyncio.to_thread(self.save)
 
     async def stop(self) -> None:
         for server in self._servers:
@@ -47,6 +99,7 @@ class Sandbox:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=5)
+        self.save()
 
 
 def build_simulators(settings: Settings) -> dict[str, Any]:
@@ -59,10 +112,16 @@ def build_simulators(settings: Settings) -> dict[str, Any]:
 
 
 async def start_sandbox(
-    settings: Settings, *, host: str = "127.0.0.1", ports: dict[str, int] | None = None
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    ports: dict[str, int] | None = None,
+    state_path: Path | None = None,
 ) -> Sandbox:
-    """Serve every simulator; port 0 (the default) picks a free port for each."""
-    sandbox = Sandbox(build_simulators(settings))
+    """Serve every simulator; port 0 (the default) picks a free port for each. With a
+    `state_path`, the simulators start from the state saved there (if any) and keep it."""
+    sandbox = Sandbox(build_simulators(settings), state_path=state_path)
+    sandbox.restored = sandbox.restore()
     for name, simulator in sandbox.simulators.items():
         port = (ports or {}).get(name, 0)
         config = uvicorn.Config(
@@ -80,6 +139,23 @@ async def start_sandbox(
         sandbox._servers.append(server)
         sandbox._tasks.append(task)
     return sandbox
+
+
+_SHOWN_OFF = (
+    "create_update_shopify_gift_cards",
+    "download_shopify_gift_cards",
+    "send_gift_card_notifications",
+)
+
+
+def sandbox_defaults(settings: Settings) -> Settings:
+    """The sandbox shows every flow: a simulated R-Series store and every direction on,
+    unless the operator set them (POS_KIND=none, or a switch to false, is respected)."""
+    chosen = settings.model_fields_set
+    update: dict[str, Any] = {name: True for name in _SHOWN_OFF if name not in chosen}
+    if "pos_kind" not in chosen:
+        update["pos_kind"] = PosKind.RETAIL
+    return settings.model_copy(update=update)
 
 
 def point_settings_at(settings: Settings, sandbox: Sandbox) -> Settings:

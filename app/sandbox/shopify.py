@@ -1,20 +1,19 @@
-"""Shopify GraphQL Admin simulator: gift cards, customers, orders, bulk export, cost throttle.
+"""Shopify GraphQL Admin simulator: gift cards, customers, orders, bulk export, cost throttle,
+webhook subscriptions, the client credentials grant.
 
-Every request is parsed and validated against Shopify's real Admin schema (2025-01
-introspection), then executed over the in-memory shop in `shopify_resolvers`.
+Every request is parsed and validated against Shopify's real Admin schema of the version in its
+URL (2026-01 to 2026-10; a retired version is answered by the oldest one, see
+`shopify_access`), then executed over the in-memory shop in `shopify_resolvers`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,7 +35,6 @@ from graphql import (
     OperationType,
     SelectionSetNode,
     VariableNode,
-    build_client_schema,
     execute_sync,
     get_named_type,
     is_leaf_type,
@@ -46,6 +44,17 @@ from graphql import (
 from graphql.utilities import get_operation_ast
 
 from app.sandbox.faults import Faults, faults_router
+from app.sandbox.shopify_access import (
+    SANDBOX_CLIENT_ID,
+    SANDBOX_CLIENT_SECRET,
+    SUPPORTED_VERSIONS,
+    TOKEN_LIFETIME,
+    VERSION_HEADER,
+    AppAccess,
+    admin_schema,
+    invalid_token_response,
+    served_version,
+)
 from app.sandbox.shopify_resolvers import (
     BulkOperationState,
     ExecutionContext,
@@ -63,19 +72,11 @@ from app.sandbox.shopify_resolvers import (
     typename_of,
 )
 
-SCHEMA_PATH = Path(__file__).parent / "data" / "admin_schema_2025-01.json.gz"
 MUTATION_COST = 10
 THROTTLE_DOCS = "https://shopify.dev/api/usage/rate-limits"
-
-
-@cache
-def admin_schema() -> GraphQLSchema:
-    """Built once per process (about 0.4 s)."""
-    with gzip.open(SCHEMA_PATH, "rt", encoding="utf-8") as handle:
-        schema = build_client_schema(json.load(handle)["data"])
-    # Shopify's own schema breaks a deprecation rule graphql-core 3.3 checks; it is what it is.
-    schema._validation_errors = []
-    return schema
+# Since 2026-01 an app runs up to five bulk queries at once per shop (shopify.dev,
+# api/usage/bulk-operations/queries); every version served here is 2026-01 or later.
+BULK_QUERY_LIMIT = 5
 
 
 # --- query cost ----------------------------------------------------------------------------
@@ -278,6 +279,7 @@ class PlannedRequest:
     operation: OperationDefinitionNode
     variables: dict[str, Any]
     requested_cost: int
+    version: str
 
     @property
     def is_mutation(self) -> bool:
@@ -301,31 +303,61 @@ class ShopifySimulator:
         *,
         bucket_size: int = 1000,
         restore_rate: float = 100.0,
-        access_token: str = "shpat_sandbox_token",  # noqa: S107 (a sandbox default)
+        access_token: str | None = "shpat_sandbox_token",  # noqa: S107 (a sandbox default)
         shop_domain: str = "giftsync-sandbox.myshopify.com",
         currency: str = "AUD",
         clock: Callable[[], float] = time.monotonic,
+        supported_versions: tuple[str, ...] = SUPPORTED_VERSIONS,
+        client_id: str = SANDBOX_CLIENT_ID,
+        client_secret: str = SANDBOX_CLIENT_SECRET,
+        token_lifetime: float = TOKEN_LIFETIME,
+        token_clock: Callable[[], float] = time.time,
     ) -> None:
+        """`access_token` is a legacy app's static token (None: only granted tokens work);
+        `token_lifetime` and `token_clock` let tests expire granted tokens quickly."""
         self.faults = faults or Faults()
-        self.shop = ShopState(currency)
+        self.shop = ShopState(currency, shop_domain)
         self.bucket = CostBucket(bucket_size, restore_rate, clock)
         self.shop_domain = shop_domain
         self.throttled_count = 0
         self.request_count = 0
-        self._access_token = access_token
-        self._schema = admin_schema()
-        self._checked: dict[str, DocumentNode | list[dict[str, Any]]] = {}
+        self.unauthorized_count = 0
+        self.supported_versions = tuple(sorted(supported_versions))
+        self.access = AppAccess(
+            static_token=access_token,
+            client_id=client_id,
+            client_secret=client_secret,
+            lifetime=token_lifetime,
+            clock=token_clock,
+        )
+        self.answered_versions: list[str] = []
+        """The version that answered each GraphQL request, in order."""
+        self._checked: dict[tuple[str, str], DocumentNode | list[dict[str, Any]]] = {}
         self.app = self._build_app()
+
+    @property
+    def _access_token(self) -> str | None:
+        return self.access.static_token
+
+    def schema(self, version: str) -> GraphQLSchema:
+        return admin_schema(version)
 
     # --- HTTP ---
 
     def _build_app(self) -> FastAPI:
         app = FastAPI(title="Shopify Admin GraphQL simulator", docs_url=None, redoc_url=None)
         app.include_router(faults_router(self.faults))
+        app.include_router(self.access.router())
 
         @app.post("/admin/api/{version}/graphql.json")
         async def graphql_endpoint(version: str, request: Request) -> Response:
-            return await self._handle(request)
+            served = served_version(version, self.supported_versions)
+            if served is None:
+                return JSONResponse({"errors": "Not Found"}, status_code=404)
+            self.answered_versions.append(served)
+            response = await self._handle(request, served)
+            response.headers[VERSION_HEADER] = served
+            return response
 
         @app.get("/_sim/bulk/{operation_id}.jsonl")
         async def bulk_download(operation_id: int) -> Response:
@@ -336,15 +368,11 @@ class ShopifySimulator:
 
         return app
 
-    async def _handle(self, request: Request) -> Response:
+    async def _handle(self, request: Request, version: str) -> Response:
         self.request_count += 1
-        if request.headers.get("x-shopify-access-token") != self._access_token:
-            return JSONResponse(
-                {
-                    "errors": "[API] Invalid API key or access token (unrecognized login or wrong password)"
-                },
-                status_code=401,
-            )
+        if not self.access.allows(request.headers.get("x-shopify-access-token")):
+            self.unauthorized_count += 1
+            return invalid_token_response(version)
         await self.faults.delay()
         if self.faults.draw_error():
             status = 502 if self.request_count % 2 else 503
@@ -359,7 +387,7 @@ class ShopifySimulator:
             return JSONResponse(
                 {"errors": {"query": "Required parameter missing or invalid"}}, status_code=400
             )
-        planned = self._plan(body)
+        planned = self._plan(body, version)
         if isinstance(planned, list):
             return JSONResponse({"errors": planned})
         if planned.requested_cost > self.bucket.size:
@@ -398,27 +426,27 @@ class ShopifySimulator:
             await self.faults.hang()
         return JSONResponse(answer)
 
-    def _checked_document(self, query: str) -> DocumentNode | list[dict[str, Any]]:
+    def _checked_document(self, query: str, version: str) -> DocumentNode | list[dict[str, Any]]:
         """The query parsed and validated, or its errors; once per distinct query text.
 
         A client sends the same few documents over and over; validating each anew cost the
         simulator more CPU than giftsync spent on the whole request, on the machine they share.
         """
-        known = self._checked.get(query)
+        known = self._checked.get((version, query))
         if known is not None:
             return known
         try:
             document = parse(query)
         except GraphQLError as exc:
             return [dict(exc.formatted)]
-        errors = validate(self._schema, document)
+        errors = validate(self.schema(version), document)
         checked = [_shopify_error(e) for e in errors] if errors else document
         if len(self._checked) < MAX_CHECKED_DOCUMENTS:
-            self._checked[query] = checked
+            self._checked[(version, query)] = checked
         return checked
 
-    def _plan(self, body: dict[str, Any]) -> PlannedRequest | list[dict[str, Any]]:
-        document = self._checked_document(body["query"])
+    def _plan(self, body: dict[str, Any], version: str) -> PlannedRequest | list[dict[str, Any]]:
+        document = self._checked_document(body["query"], version)
         if isinstance(document, list):
             return [dict(error) for error in document]
         operation = get_operation_ast(document, body.get("operationName"))
@@ -427,14 +455,18 @@ class ShopifySimulator:
         variables = body.get("variables") or {}
         if not isinstance(variables, dict):
             return [{"message": "Variables must be an object"}]
-        return PlannedRequest(
-            document, operation, variables, self._requested_cost(document, operation, variables)
-        )
+        cost = self._requested_cost(document, operation, variables, version)
+        return PlannedRequest(document, operation, variables, cost, version)
 
     def _requested_cost(
-        self, document: DocumentNode, operation: OperationDefinitionNode, variables: dict[str, Any]
+        self,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        variables: dict[str, Any],
+        version: str,
     ) -> int:
-        calculator = CostCalculator(self._schema, document)
+        schema = self.schema(version)
+        calculator = CostCalculator(schema, document)
         if operation.operation == OperationType.MUTATION:
             return MUTATION_COST * len(operation.selection_set.selections)
         defaults = {
@@ -442,7 +474,7 @@ class ShopifySimulator:
             for d in operation.variable_definitions or ()
             if isinstance(d.default_value, IntValueNode)
         }
-        query_type = self._schema.query_type
+        query_type = schema.query_type
         assert query_type is not None
         return max(
             1, calculator.requested(operation.selection_set, query_type, {**defaults, **variables})
@@ -450,12 +482,17 @@ class ShopifySimulator:
 
     def _execute(self, planned: PlannedRequest, base_url: str) -> dict[str, Any]:
         root: Any
+        schema = self.schema(planned.version)
         if planned.is_mutation:
-            root = MutationRoot(self.shop, lambda query: self._start_bulk(query, base_url))
+            root = MutationRoot(
+                self.shop,
+                lambda query: self._start_bulk(query, base_url, planned.version),
+                planned.version,
+            )
         else:
             root = QueryRoot(self.shop, self._advance_bulk)
         result = execute_sync(
-            self._schema,
+            schema,
             planned.document,
             root_value=root,
             context_value=ExecutionContext(),
@@ -463,11 +500,17 @@ class ShopifySimulator:
             operation_name=planned.operation.name.value if planned.operation.name else None,
             type_resolver=typename_of,
         )
+        if result.data is None and all(e.path is None for e in result.errors or ()):
+            # Refused before running (variables that do not fit their types): nothing executed,
+            # nothing charged, and no `data` key, as for any other invalid request.
+            self.bucket.give_back(planned.requested_cost)
+            errors = [_shopify_error(e) for e in result.errors or ()]
+            return {"errors": errors, "extensions": {"cost": self._cost(planned.requested_cost, 0)}}
         if planned.is_mutation:
             actual = planned.requested_cost
         else:
-            calculator = CostCalculator(self._schema, planned.document)
-            query_type = self._schema.query_type
+            calculator = CostCalculator(schema, planned.document)
+            query_type = schema.query_type
             assert query_type is not None
             actual = max(
                 1, calculator.actual(planned.operation.selection_set, query_type, result.data)
@@ -489,20 +532,17 @@ class ShopifySimulator:
 
     # --- bulk export ---
 
-    def _start_bulk(self, query: str, base_url: str) -> BulkOperationState:
-        running = next((op for op in self.shop.bulk_operations.values() if op.running), None)
-        if running is not None:
+    def _start_bulk(self, query: str, base_url: str, version: str) -> BulkOperationState:
+        running = [op for op in self.shop.bulk_operations.values() if op.running]
+        if len(running) >= BULK_QUERY_LIMIT:
             raise ShopError(
-                "OPERATION_IN_PROGRESS",
-                "A bulk query operation for this app and shop is already in progress: "
-                f"{gid('BulkOperation', running.id)}.",
-                None,
+                "LIMIT_REACHED", "Bulk operations limit reached. Please try again later.", None
             )
         try:
             document = parse(query)
         except GraphQLError as exc:
             raise ShopError("INVALID", f"Invalid bulk query: {exc.message}", ["query"]) from exc
-        errors = validate(self._schema, document)
+        errors = validate(self.schema(version), document)
         if errors:
             raise ShopError("INVALID", f"Invalid bulk query: {errors[0].message}", ["query"])
         operation = get_operation_ast(document)
@@ -514,9 +554,15 @@ class ShopifySimulator:
             status="CREATED",
             created_at=self.shop.now(),
             base_url=base_url,
+            api_version=version,
         )
         self.shop.bulk_operations[op.id] = op
         return op
+
+    def start_bulk_operation(self, query: str, base_url: str = "http://shopify.test") -> str:
+        """Another bulk query of the app (an operator's, another replica's) starts now."""
+        version = self.supported_versions[-1]
+        return gid("BulkOperation", self._start_bulk(query, base_url, version).id)
 
     def _advance_bulk(self, op: BulkOperationState) -> None:
         """Each look at a running operation moves it one step: CREATED -> RUNNING -> COMPLETED."""
@@ -527,7 +573,7 @@ class ShopifySimulator:
 
     def _complete_bulk(self, op: BulkOperationState) -> None:
         result = execute_sync(
-            self._schema,
+            self.schema(op.api_version or self.supported_versions[-1]),
             parse(op.query),
             root_value=QueryRoot(self.shop, lambda _op: None),
             context_value=ExecutionContext(bulk=True),
@@ -869,8 +915,14 @@ class ShopifySimulator:
         card_id, code = self.create_gift_card(Decimal("20.00"), code="demooff000000003")
         self.shop.deactivate(card_id)
         lines.append(f"Shopify gift card {code} deactivated ({card_id})")
+        if self._access_token is not None:
+            lines.append(
+                f"Shopify access token for the sandbox: X-Shopify-Access-Token={self._access_token}"
+            )
         lines.append(
-            f"Shopify access token for the sandbox: X-Shopify-Access-Token={self._access_token}"
+            "Shopify client credentials for the sandbox: "
+            f"SHOPIFY_CLIENT_ID={self.access.client_id} (secret: {self.access.client_secret}), "
+            f"API versions {', '.join(self.supported_versions)}"
         )
         return lines
 

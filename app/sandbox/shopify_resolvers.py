@@ -192,6 +192,7 @@ class WebhookSubscriptionState:
     callback_url: str | None
     format: str
     created_at: datetime
+    api_version: str = "2026-07"
 
 
 @dataclass
@@ -204,6 +205,7 @@ class BulkOperationState:
     completed_at: datetime | None = None
     rows: list[str] = field(default_factory=list, repr=False)
     root_object_count: int = 0
+    api_version: str = ""
 
     @property
     def running(self) -> bool:
@@ -225,8 +227,11 @@ class ShopError(Exception):
 class ShopState:
     """All the shop's data, in memory. Ids are shared across kinds like Shopify's are unique."""
 
-    def __init__(self, currency: str = "AUD") -> None:
+    def __init__(
+        self, currency: str = "AUD", domain: str = "giftsync-sandbox.myshopify.com"
+    ) -> None:
         self.currency = currency
+        self.domain = domain
         self.customers: dict[int, CustomerState] = {}
         self.gift_cards: dict[int, GiftCardState] = {}
         self.orders: dict[int, OrderState] = {}
@@ -653,6 +658,20 @@ class CustomerView:
         self.tags: list[str] = []
         self.state = "ENABLED"
         self.verifiedEmail = bool(customer.email)
+        # `email` is deprecated since 2026-01 for `defaultEmailAddress.emailAddress`.
+        self.defaultEmailAddress = (
+            {
+                "emailAddress": customer.email,
+                "validFormat": "@" in customer.email,
+                "marketingState": "NOT_SUBSCRIBED",
+                "marketingOptInLevel": None,
+                "marketingUpdatedAt": None,
+                "openTrackingLevel": "UNKNOWN",
+                "sourceLocation": None,
+            }
+            if customer.email
+            else None
+        )
         self.numberOfOrders = str(
             sum(1 for o in shop.orders.values() if o.customer_id == customer.id)
         )
@@ -869,13 +888,16 @@ class WebhookSubscriptionView:
         self.topic = sub.topic
         self.format = sub.format
         self.callbackUrl = sub.callback_url
+        self.uri = sub.callback_url
         self.endpoint = {"typename": "WebhookHttpEndpoint", "callbackUrl": sub.callback_url}
         self.createdAt = iso(sub.created_at)
         self.updatedAt = iso(sub.created_at)
         self.includeFields: list[str] = []
         self.metafieldNamespaces: list[str] = []
         self.filter = None
-        self.apiVersion = {"handle": "2025-01", "displayName": "2025-01", "supported": True}
+        self.metafields: list[Any] = []
+        version = sub.api_version
+        self.apiVersion = {"handle": version, "displayName": version, "supported": True}
 
 
 class BulkOperationView:
@@ -946,6 +968,15 @@ class QueryRoot:
         self._shop = shop
         self._observe_bulk = observe_bulk
 
+    def shop(self, _info: Info) -> dict[str, Any]:
+        return {
+            "typename": "Shop",
+            "id": gid("Shop", 1),
+            "name": "giftsync sandbox",
+            "myshopifyDomain": self._shop.domain,
+            "currencyCode": self._shop.currency,
+        }
+
     def giftCard(self, _info: Info, id: str) -> GiftCardView | None:
         number = parse_gid(id, "GiftCard")
         card = self._shop.gift_cards.get(number or 0)
@@ -977,9 +1008,17 @@ class QueryRoot:
         )
 
     def giftCardsCount(
-        self, _info: Info, query: str | None = None, savedSearchId: str | None = None
+        self,
+        _info: Info,
+        query: str | None = None,
+        savedSearchId: str | None = None,
+        limit: int | None = None,
     ) -> dict[str, Any]:
-        return {"count": len(self._shop.search_cards(query)), "precision": "EXACT"}
+        """`limit` (2026-01 on) caps the count, which then reads AT_LEAST (CountPrecision)."""
+        count = len(self._shop.search_cards(query))
+        if limit is not None and count > limit:
+            return {"count": limit, "precision": "AT_LEAST"}
+        return {"count": count, "precision": "EXACT"}
 
     def customer(self, _info: Info, id: str) -> CustomerView | None:
         found = self._shop.customers.get(parse_gid(id, "Customer") or 0)
@@ -1026,11 +1065,115 @@ class QueryRoot:
     def currentBulkOperation(
         self, _info: Info, type: str | None = "QUERY"
     ) -> BulkOperationView | None:
+        """Deprecated since 2026-01 (several may run at once): the newest one."""
         if type == "MUTATION" or not self._shop.bulk_operations:
             return None
         op = self._shop.bulk_operations[max(self._shop.bulk_operations)]
         self._observe_bulk(op)
         return BulkOperationView(op)
+
+    def bulkOperation(self, _info: Info, id: str) -> BulkOperationView | None:
+        """One of the app's operations by id; each look moves a running one a step."""
+        op = self._shop.bulk_operations.get(parse_gid(id, "BulkOperation") or 0)
+        if op is None:
+            return None
+        self._observe_bulk(op)
+        return BulkOperationView(op)
+
+    def bulkOperations(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+        reverse: bool | None = False,
+        sortKey: str | None = "CREATED_AT",
+        query: str | None = None,
+    ) -> dict[str, Any]:
+        """The app's operations matching `query`, newest first by default (schema text)."""
+
+        def sort_value(op: BulkOperationState) -> tuple[SortValue, int]:
+            if sortKey == "COMPLETED_AT":
+                return (micros(op.completed_at) if op.completed_at else 0, op.id)
+            return (micros(op.created_at), op.id)
+
+        return connection(
+            info,
+            [op for op in self._shop.bulk_operations.values() if bulk_matches(op, query)],
+            sort_value,
+            BulkOperationView,
+            first=first,
+            after=after,
+            last=last,
+            before=before,
+            reverse=not reverse,
+        )
+
+    def webhookSubscriptions(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+        reverse: bool | None = False,
+        sortKey: str | None = "CREATED_AT",
+        query: str | None = None,
+        callbackUrl: str | None = None,
+        format: str | None = None,
+        topics: list[str] | None = None,
+        uri: str | None = None,
+    ) -> dict[str, Any]:
+        """Shop-scoped subscriptions made through the API (app-scoped ones are not listed)."""
+        wanted_uri = uri or callbackUrl
+        subs = [
+            sub
+            for sub in self._shop.webhook_subscriptions.values()
+            if (not topics or sub.topic in topics)
+            and (wanted_uri is None or sub.callback_url == wanted_uri)
+            and (format is None or sub.format == format)
+        ]
+        return connection(
+            info,
+            subs,
+            lambda sub: (micros(sub.created_at) if sortKey == "CREATED_AT" else sub.id, sub.id),
+            WebhookSubscriptionView,
+            first=first,
+            after=after,
+            last=last,
+            before=before,
+            reverse=reverse,
+        )
+
+
+def bulk_matches(op: BulkOperationState, query: str | None) -> bool:
+    """`bulkOperations(query:)`: alternatives joined by OR, each an AND of `field:value`
+    terms over `status`, `operation_type`, `id` and `created_at` (the schema's filter table)."""
+    if not query or not query.strip():
+        return True
+    return any(
+        all(_bulk_term(op, match) for match in SEARCH_TOKEN.finditer(alternative))
+        for alternative in re.split(r"\s+OR\s+", query.strip())
+    )
+
+
+def _bulk_term(op: BulkOperationState, match: re.Match[str]) -> bool:
+    negate, name, operator, raw = match.groups()
+    value = raw.strip("\"'()")
+    if name is None:
+        result = value.upper() == "AND" or not value
+    elif name == "status":
+        result = op.status.lower() == value.lower()
+    elif name == "operation_type":
+        result = value.lower() == "query"
+    elif name == "id":
+        result = _compare(op.id, operator or "=", parse_gid(value, "BulkOperation"))
+    elif name == "created_at":
+        result = _compare(op.created_at, operator or "=", _moment_term(value))
+    else:
+        result = True  # Shopify ignores unknown filters with a warning
+    return not result if negate else result
 
 
 def customer_matches(customer: CustomerState, query: str | None) -> bool:
@@ -1055,16 +1198,20 @@ def customer_matches(customer: CustomerState, query: str | None) -> bool:
 class MutationRoot:
     typename = "Mutation"
 
-    def __init__(self, shop: ShopState, start_bulk: Callable[[str], BulkOperationState]) -> None:
+    def __init__(
+        self,
+        shop: ShopState,
+        start_bulk: Callable[[str], BulkOperationState],
+        version: str = "2026-07",
+    ) -> None:
         self._shop = shop
         self._start_bulk = start_bulk
+        self._version = version
 
     def giftCardCreate(self, _info: Info, input: dict[str, Any]) -> dict[str, Any]:
         shop = self._shop
         try:
-            initial_value = to_decimal(input["initialValue"])
-            if initial_value is None:
-                raise ShopError("INVALID", "Initial value is invalid", ["input", "initialValue"])
+            initial_value = _initial_amount(shop, input)
             customer_id = None
             if input.get("customerId") is not None:
                 customer_id = parse_gid(input["customerId"], "Customer")
@@ -1164,7 +1311,8 @@ class MutationRoot:
     def webhookSubscriptionCreate(
         self, _info: Info, topic: str, webhookSubscription: dict[str, Any]
     ) -> dict[str, Any]:
-        callback_url = webhookSubscription.get("callbackUrl")
+        # `callbackUrl` is deprecated for `uri`; both are still read.
+        callback_url = webhookSubscription.get("uri") or webhookSubscription.get("callbackUrl")
         if not callback_url:
             return {
                 "webhookSubscription": None,
@@ -1195,13 +1343,60 @@ class MutationRoot:
             callback_url,
             webhookSubscription.get("format") or "JSON",
             self._shop.now(),
+            self._version,
         )
         self._shop.webhook_subscriptions[sub.id] = sub
         return {"webhookSubscription": WebhookSubscriptionView(sub), "userErrors": []}
 
-    def bulkOperationRunQuery(self, _info: Info, query: str) -> dict[str, Any]:
+    def webhookSubscriptionDelete(self, _info: Info, id: str) -> dict[str, Any]:
+        number = parse_gid(id, "WebhookSubscription")
+        if number is None or number not in self._shop.webhook_subscriptions:
+            return {
+                "deletedWebhookSubscriptionId": None,
+                "userErrors": [user_error(["id"], "Webhook subscription does not exist", None)],
+            }
+        del self._shop.webhook_subscriptions[number]
+        return {
+            "deletedWebhookSubscriptionId": gid("WebhookSubscription", number),
+            "userErrors": [],
+        }
+
+    def bulkOperationRunQuery(
+        self, _info: Info, query: str, groupObjects: bool = False
+    ) -> dict[str, Any]:
         try:
             op = self._start_bulk(query)
         except ShopError as exc:
             return {"bulkOperation": None, "userErrors": [exc.as_user_error()]}
         return {"bulkOperation": BulkOperationView(op), "userErrors": []}
+
+
+def _initial_amount(shop: ShopState, card_input: dict[str, Any]) -> Decimal:
+    """`initialAmount` (MoneyInput, 2026-07 on) or the deprecated `initialValue`; one is needed.
+
+    Shopify's pages do not say what a currency other than the shop's gets, nor what both or
+    neither given get: here INVALID, and MISSING_ARGUMENT (GiftCardErrorCode).
+    """
+    amount_input = card_input.get("initialAmount")
+    if amount_input is not None:
+        field_path = ["input", "initialAmount"]
+        if card_input.get("initialValue") is not None:
+            raise ShopError("INVALID", "Give initialAmount or initialValue, not both", field_path)
+        if amount_input["currencyCode"] != shop.currency:
+            raise ShopError(
+                "INVALID",
+                f"Currency must be the shop's currency ({shop.currency})",
+                [*field_path, "currencyCode"],
+            )
+        raw = amount_input["amount"]
+    elif card_input.get("initialValue") is not None:
+        field_path = ["input", "initialValue"]
+        raw = card_input["initialValue"]
+    else:
+        raise ShopError(
+            "MISSING_ARGUMENT", "Initial amount is required", ["input", "initialAmount"]
+        )
+    initial_value = to_decimal(raw)
+    if initial_value is None:
+        raise ShopError("INVALID", "Initial value is invalid", field_path)
+    return initial_value

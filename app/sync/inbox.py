@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-
-from app.db import jobs
+from app.db import jobs, webhook_inbox
 from app.db.engine import SessionFactory, autocommit_connection, transaction
 from app.logging import get_logger
 
@@ -74,30 +72,6 @@ def storable_json(payload: dict[str, Any]) -> str:
     return json.dumps(_scrub(payload), ensure_ascii=False)
 
 
-# One statement stores the delivery and queues its processing job, so acknowledging costs one
-# round trip inside its transaction; the job row matches what `jobs.enqueue` writes (PostgreSQL
-# runs a data-modifying WITH exactly once, whether or not the outer query reads it).
-_STORE = text(
-    """
-    WITH delivery AS (
-        INSERT INTO webhook_inbox (webhook_id, event_id, topic, body_sha256, shop_domain,
-                                   triggered_at, payload)
-        VALUES (:webhook_id, :event_id, :topic, :body_sha256, :shop, :triggered_at,
-                CAST(:payload AS jsonb))
-        ON CONFLICT DO NOTHING
-        RETURNING id
-    ), job AS (
-        INSERT INTO jobs (kind, payload, idempotency_key, run_at, max_attempts)
-        SELECT :kind, jsonb_build_object('delivery_id', id), 'webhook:' || id, now(),
-               :max_attempts
-        FROM delivery
-        ON CONFLICT (idempotency_key) DO NOTHING
-    )
-    SELECT id FROM delivery
-    """
-)
-
-
 async def store_delivery(
     sessions: SessionFactory,
     *,
@@ -116,35 +90,18 @@ async def store_delivery(
     and it is durable when the statement returns, before the answer leaves.
     """
     async with autocommit_connection(sessions) as autocommit:
-        stored = (
-            await autocommit.execute(
-                _STORE,
-                {
-                    "webhook_id": webhook_id,
-                    "event_id": event_id,
-                    "topic": topic,
-                    "body_sha256": body_sha256,
-                    "shop": shop_domain,
-                    "triggered_at": triggered_at,
-                    "payload": storable_json(payload),
-                    "kind": PROCESS_JOB,
-                    "max_attempts": jobs.DEFAULT_MAX_ATTEMPTS,
-                },
-            )
-        ).first()
-    return stored is not None
-
-
-_LOAD = text(
-    """
-    SELECT id, webhook_id, event_id, topic, shop_domain, triggered_at, payload, processed_at
-    FROM webhook_inbox WHERE id = :id
-    """
-)
-# The first run to finish keeps its time: a lease-expired re-run changes nothing.
-_MARK_PROCESSED = text(
-    "UPDATE webhook_inbox SET processed_at = now() WHERE id = :id AND processed_at IS NULL"
-)
+        return await webhook_inbox.store_with_job(
+            autocommit,
+            webhook_id=webhook_id,
+            event_id=event_id,
+            topic=topic,
+            shop_domain=shop_domain,
+            triggered_at=triggered_at,
+            payload_json=storable_json(payload),
+            body_sha256=body_sha256,
+            job_kind=PROCESS_JOB,
+            max_attempts=jobs.DEFAULT_MAX_ATTEMPTS,
+        )
 
 
 async def process_delivery(
@@ -152,7 +109,7 @@ async def process_delivery(
 ) -> None:
     """Run the topic's handlers in order (each idempotent) and mark the delivery processed."""
     async with sessions() as session:
-        row = (await session.execute(_LOAD, {"id": delivery_id})).one_or_none()
+        row = await webhook_inbox.get(session, delivery_id)
     if row is None or row.processed_at is not None:
         return
     delivery = Delivery(
@@ -164,7 +121,7 @@ async def process_delivery(
     if not topic_handlers:
         log.info("webhook_topic_stored_only", topic=delivery.topic)
     async with transaction(sessions) as session:
-        await session.execute(_MARK_PROCESSED, {"id": delivery_id})
+        await webhook_inbox.mark_processed(session, delivery_id)
 
 
 @dataclass

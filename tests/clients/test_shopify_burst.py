@@ -18,7 +18,7 @@ async def test_mixed_500_call_burst_is_never_throttled() -> None:
     client = ShopifyClient(
         "http://shopify.test",
         "shpat_sandbox_token",
-        "2025-01",
+        "2026-07",
         transport=httpx.ASGITransport(app=sim.app),
     )
     calls = iter(range(500))
@@ -47,7 +47,7 @@ async def test_forced_throttling_is_waited_out_and_retried() -> None:
     client = ShopifyClient(
         "http://shopify.test",
         "shpat_sandbox_token",
-        "2025-01",
+        "2026-07",
         transport=httpx.ASGITransport(app=sim.app),
     )
     sim.faults.force_throttle = True

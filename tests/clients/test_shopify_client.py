@@ -32,10 +32,10 @@ from app.clients.shopify import (
 )
 from app.clients.shopify.queries import ALL_OPERATIONS, BULK_GIFT_CARDS_QUERY
 from app.clients.throttle import CostBucket
-from tests.clients.test_shopify_schema import variable_errors
+from tests.clients.test_shopify_schema import request_problems
 
 BASE = "https://demo-shop.myshopify.com"
-VERSION = "2025-01"
+VERSION = "2026-07"
 URL = f"{BASE}/admin/api/{VERSION}/graphql.json"
 TOKEN = "shpat_0123456789abcdef0123456789abcdef"
 CODE = "k7q2m9x4p8w3z6tb"
@@ -199,7 +199,7 @@ class CardStore:
             return {
                 "giftCardCreate": {"giftCard": None, "giftCardCode": None, "userErrors": [error]}
             }
-        card_id = self.add(len(self.cards) + 100, code, card_input["initialValue"])
+        card_id = self.add(len(self.cards) + 100, code, card_input["initialAmount"]["amount"])
         self._maybe_lose("GiftCardCreate")
         return {
             "giftCardCreate": {
@@ -274,10 +274,11 @@ def fake() -> Iterator[FakeShopify]:
         router.post(URL, name="graphql").mock(side_effect=shop)
         shop.router = router
         yield shop
-    # Whatever a test did, the client sent only registered documents with well-typed variables.
+    # Whatever a test did, the client sent only registered documents with well-typed variables,
+    # valid in 2026-07 and 2026-10 and using nothing deprecated.
     for sent in shop.sent:
         assert ALL_OPERATIONS.get(sent.operation) == sent.query, sent.operation
-        assert variable_errors(sent.query, sent.variables) == [], sent.operation
+        assert request_problems(sent.query, sent.variables) == [], sent.operation
         if sent.operation == "BulkOperationRunQuery":
             assert sent.variables["query"] in ALL_OPERATIONS.values()
 
@@ -365,7 +366,7 @@ async def test_create_gift_card_sends_input_and_returns_code_once(
     )
     assert fake.of("GiftCardCreate")[0].variables == {
         "input": {
-            "initialValue": "25.00",
+            "initialAmount": {"amount": "25.00", "currencyCode": "AUD"},
             "code": CODE,
             "note": "vii shadow",
             "customerId": "gid://shopify/Customer/5",
@@ -383,7 +384,9 @@ async def test_create_without_options_sends_only_the_value(
     answer = {"giftCard": card_node(12), "giftCardCode": "abcd1234efgh5678", "userErrors": []}
     fake.handlers["GiftCardCreate"] = lambda v: {"giftCardCreate": answer}
     created = await client.create_gift_card(Decimal("5"))
-    assert fake.sent[0].variables == {"input": {"initialValue": "5"}}
+    assert fake.sent[0].variables == {
+        "input": {"initialAmount": {"amount": "5", "currencyCode": "AUD"}}
+    }
     assert created.code == "abcd1234efgh5678"
 
 
@@ -837,15 +840,20 @@ async def test_updated_since_sorts_newest_first_and_stops_at_the_cursor(
 
 
 async def test_find_or_create_customer(fake: FakeShopify, client: ShopifyClient) -> None:
-    customers: list[dict[str, str]] = [
-        {"id": "gid://shopify/Customer/1", "email": "other@example.com"}
+    customers: list[dict[str, Any]] = [
+        {
+            "id": "gid://shopify/Customer/1",
+            "defaultEmailAddress": {"emailAddress": "other@example.com"},
+        },
+        {"id": "gid://shopify/Customer/3", "defaultEmailAddress": None},
     ]
     fake.handlers["CustomersByEmail"] = lambda v: {"customers": {"nodes": list(customers)}}
 
     def create(variables: dict[str, Any]) -> dict[str, Any]:
-        node = {"id": "gid://shopify/Customer/2", "email": variables["input"]["email"]}
+        email = variables["input"]["email"]
+        node = {"id": "gid://shopify/Customer/2", "defaultEmailAddress": {"emailAddress": email}}
         customers.append(node)
-        return {"customerCreate": {"customer": node, "userErrors": []}}
+        return {"customerCreate": {"customer": {"id": node["id"]}, "userErrors": []}}
 
     fake.handlers["CustomerCreate"] = create
     assert await client.find_customer_by_email("Ann@Example.com") is None
@@ -864,11 +872,12 @@ async def test_find_or_create_customer(fake: FakeShopify, client: ShopifyClient)
 async def test_customer_created_meanwhile_is_found_after_taken(
     fake: FakeShopify, client: ShopifyClient
 ) -> None:
-    customers: list[dict[str, str]] = []
+    customers: list[dict[str, Any]] = []
     fake.handlers["CustomersByEmail"] = lambda v: {"customers": {"nodes": list(customers)}}
 
     def taken(_variables: dict[str, Any]) -> dict[str, Any]:
-        customers.append({"id": "gid://shopify/Customer/9", "email": "bo@example.com"})
+        address = {"emailAddress": "bo@example.com"}
+        customers.append({"id": "gid://shopify/Customer/9", "defaultEmailAddress": address})
         error = {"field": ["email"], "message": "Email has already been taken"}
         return {"customerCreate": {"customer": None, "userErrors": [error]}}
 
@@ -886,7 +895,7 @@ async def test_get_order_reads_transactions_and_gift_card_lines(
                 "id": variables["id"],
                 "name": "#1001",
                 "email": None,
-                "customer": {"email": "ann@example.com"},
+                "customer": {"defaultEmailAddress": {"emailAddress": "ann@example.com"}},
                 "shippingAddress": {"name": "Ann Lee"},
                 "transactions": [
                     {
@@ -977,7 +986,12 @@ async def test_get_order_reads_transactions_and_gift_card_lines(
 async def test_create_webhook_subscription(fake: FakeShopify, client: ShopifyClient) -> None:
     fake.handlers["WebhookSubscriptionCreate"] = lambda v: {
         "webhookSubscriptionCreate": {
-            "webhookSubscription": {"id": "gid://shopify/WebhookSubscription/5"},
+            "webhookSubscription": {
+                "id": "gid://shopify/WebhookSubscription/5",
+                "topic": "ORDERS_PAID",
+                "uri": "https://giftsync.test/webhooks/shopify",
+                "format": "JSON",
+            },
             "userErrors": [],
         }
     }
@@ -987,39 +1001,45 @@ async def test_create_webhook_subscription(fake: FakeShopify, client: ShopifyCli
     assert subscription == "gid://shopify/WebhookSubscription/5"
     assert fake.sent[0].variables == {
         "topic": "ORDERS_PAID",
-        "webhookSubscription": {
-            "callbackUrl": "https://giftsync.test/webhooks/shopify",
-            "format": "JSON",
-        },
+        "webhookSubscription": {"uri": "https://giftsync.test/webhooks/shopify", "format": "JSON"},
     }
 
 
 # --- bulk export ------------------------------------------------------------------------
 
 
+OURS = "gid://shopify/BulkOperation/1"
+OTHER = "gid://shopify/BulkOperation/2"
+
+
 def bulk_handlers(fake: FakeShopify, states: list[dict[str, Any]]) -> None:
+    """Our operation goes through `states`; another of the app's runs beside it all along."""
     fake.handlers["BulkOperationRunQuery"] = lambda v: {
         "bulkOperationRunQuery": {
-            "bulkOperation": {"id": "gid://shopify/BulkOperation/1", "status": "CREATED"},
+            "bulkOperation": {"id": OURS, "status": "CREATED"},
             "userErrors": [],
         }
     }
+    other = {"id": OTHER, "status": "RUNNING", "errorCode": None, "objectCount": "9"}
 
-    def current(_variables: dict[str, Any]) -> dict[str, Any]:
+    def get(variables: dict[str, Any]) -> dict[str, Any]:
+        if variables["id"] == OTHER:
+            return {"bulkOperation": {**other, "url": None, "partialDataUrl": None}}
         state = states.pop(0) if len(states) > 1 else states[0]
-        return {
-            "currentBulkOperation": {
-                "id": "gid://shopify/BulkOperation/1",
-                "query": BULK_GIFT_CARDS_QUERY,
-                "errorCode": None,
-                "objectCount": "3",
-                "url": None,
-                "partialDataUrl": None,
-                **state,
-            }
-        }
+        node = {"id": OURS, "errorCode": None, "objectCount": "3", "url": None}
+        return {"bulkOperation": {**node, "partialDataUrl": None, **state}}
 
-    fake.handlers["CurrentBulkOperation"] = current
+    def live(variables: dict[str, Any]) -> dict[str, Any]:
+        assert variables == {"first": 25, "query": "status:created OR status:running"}
+        nodes = [
+            {"id": OTHER, "status": "RUNNING", "query": "{ customers { edges { node { id } } } }"},
+            {"id": OURS, "status": states[0]["status"], "query": BULK_GIFT_CARDS_QUERY},
+        ]
+        live_nodes = [{**n, "createdAt": iso(T0)} for n in nodes if n["status"] == "RUNNING"]
+        return {"bulkOperations": {"nodes": live_nodes}}
+
+    fake.handlers["BulkOperationGet"] = get
+    fake.handlers["BulkOperationsLive"] = live
 
 
 async def test_bulk_export_streams_jsonl_without_the_token(
@@ -1044,7 +1064,8 @@ async def test_bulk_export_streams_jsonl_without_the_token(
     assert [c.id for c in cards] == ["gid://shopify/GiftCard/1", "gid://shopify/GiftCard/2"]
     assert cards[1].balance == Decimal("0.0")
     assert fake.of("BulkOperationRunQuery")[0].variables == {"query": BULK_GIFT_CARDS_QUERY}
-    assert len(fake.of("CurrentBulkOperation")) == 3
+    # Ours is followed by its id: the other operation running beside it is never asked about.
+    assert [s.variables for s in fake.of("BulkOperationGet")] == [{"id": OURS}] * 3
     assert "X-Shopify-Access-Token" not in download.calls.last.request.headers
 
 
@@ -1058,7 +1079,14 @@ async def test_bulk_export_failure_and_empty_result(
     assert [c async for c in client.bulk_export_gift_cards(poll_interval=0)] == []
 
 
-async def test_bulk_start_lost_adopts_the_running_operation(
+async def test_bulk_operation_gone_is_unavailable(fake: FakeShopify, client: ShopifyClient) -> None:
+    bulk_handlers(fake, [{"status": "RUNNING"}])
+    fake.handlers["BulkOperationGet"] = lambda v: {"bulkOperation": None}
+    with pytest.raises(ShopifyUnavailable, match="is gone"):
+        [c async for c in client.bulk_export_gift_cards(poll_interval=0)]
+
+
+async def test_bulk_start_lost_adopts_our_running_operation_not_another(
     fake: FakeShopify, client: ShopifyClient
 ) -> None:
     export_url = "https://storage.googleapis.test/bulk/x.jsonl"
@@ -1076,22 +1104,31 @@ async def test_bulk_start_lost_adopts_the_running_operation(
     cards = [c async for c in client.bulk_export_gift_cards(poll_interval=0)]
     assert [c.id for c in cards] == ["gid://shopify/GiftCard/5"]
     assert len(fake.of("BulkOperationRunQuery")) == 1
+    assert len(fake.of("BulkOperationsLive")) == 1
+    assert {s.variables["id"] for s in fake.of("BulkOperationGet")} == {OURS}
 
 
-async def test_bulk_operation_in_progress_is_a_rejection(
-    fake: FakeShopify, client: ShopifyClient
+@pytest.mark.parametrize("code", ["LIMIT_REACHED", "OPERATION_IN_PROGRESS"])
+async def test_bulk_operations_at_their_limit_are_unavailable_for_a_while(
+    fake: FakeShopify, client: ShopifyClient, code: str
 ) -> None:
-    error = {
-        "field": None,
-        "message": "A bulk query operation for this app and shop is already in progress",
-        "code": "OPERATION_IN_PROGRESS",
+    error = {"field": None, "message": "Bulk operations limit reached.", "code": code}
+    fake.handlers["BulkOperationRunQuery"] = lambda v: {
+        "bulkOperationRunQuery": {"bulkOperation": None, "userErrors": [error]}
     }
+    with pytest.raises(ShopifyUnavailable) as caught:
+        [c async for c in client.bulk_export_gift_cards(poll_interval=0)]
+    assert caught.value.retry_after == 60.0
+
+
+async def test_invalid_bulk_query_is_a_rejection(fake: FakeShopify, client: ShopifyClient) -> None:
+    error = {"field": ["query"], "message": "Invalid bulk query", "code": "INVALID"}
     fake.handlers["BulkOperationRunQuery"] = lambda v: {
         "bulkOperationRunQuery": {"bulkOperation": None, "userErrors": [error]}
     }
     with pytest.raises(ShopifyUserError) as caught:
         [c async for c in client.bulk_export_gift_cards(poll_interval=0)]
-    assert caught.value.code == "OPERATION_IN_PROGRESS"
+    assert caught.value.code == "INVALID"
 
 
 # --- throttling -------------------------------------------------------------------------

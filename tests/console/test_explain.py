@@ -6,14 +6,14 @@ import re
 from typing import get_args
 
 from app.console.explain import EXPLANATIONS, evidence_rows
-from app.sync.merge import FindingType
-from app.sync.reconcile import OMNI_FINDINGS, SHADOW_FINDINGS
+from app.sync.omni.merge import FindingType
+from app.sync.reconcile.common import OMNI_FINDINGS, SHADOW_FINDINGS
 from tests.conftest import ROOT
 
 
 def test_every_recorded_finding_type_has_an_explanation() -> None:
     recorded = set(get_args(FindingType)) | set(OMNI_FINDINGS) | set(SHADOW_FINDINGS)
-    for path in (ROOT / "app" / "sync").rglob("*.py"):
+    for path in (ROOT / "app").rglob("*.py"):
         recorded |= set(re.findall(r'finding_type="([a-z_]+)"', path.read_text()))
     assert recorded - set(EXPLANATIONS) == set()
 

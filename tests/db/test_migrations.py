@@ -5,10 +5,11 @@ import os
 import uuid
 from datetime import UTC, datetime
 
+from alembic import command
 from sqlalchemy import text
 
 from app.db.engine import create_engine
-from app.db.migrate import current_revision, downgrade_to_base, head_revision, upgrade_to_head
+from app.db.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
 from tests.conftest import _recreate_database
 
 
@@ -47,7 +48,7 @@ async def test_upgrade_head_then_downgrade_base_on_an_empty_database(server_url:
             "worker_heartbeats",
         } <= tables
         await upgrade_to_head(engine, url)  # a second upgrade is a no-op
-        await asyncio.to_thread(downgrade_to_base, url)
+        await asyncio.to_thread(command.downgrade, alembic_config(url), "base")
         assert await _tables(url) == {"alembic_version"}
         await upgrade_to_head(engine, url)
         assert await current_revision(engine) == head_revision(url)

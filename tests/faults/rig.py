@@ -44,7 +44,7 @@ from app.sandbox.shopify import ShopifySimulator
 from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimulator
 from app.settings import BalanceSign, PosKind
 from app.sync.omni import OmniSync
-from app.sync.pos_factory import build_pos
+from app.sync.pos.factory import build_pos
 from app.sync.shadow import ShadowDeps
 from app.sync.shadow.gate import CardGate
 from app.worker import Worker

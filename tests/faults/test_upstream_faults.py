@@ -689,7 +689,7 @@ def pos_wrong_types(rig: OmniRig) -> None:
     if rig.flow.pos_kind == "retail":
         rig.pos_wire.garble(replace_json_values("balance", "abc"), match=pos_reads(rig))
     else:
-        rig.pos_wire.garble(replace_xml_values("abc", "price"), match=pos_reads(rig))
+        rig.pos_wire.garble(replace_xml_values("abc", "sell_price"), match=pos_reads(rig))
 
 
 POS_AT_POLL: dict[str, PosFault] = {

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -138,32 +136,6 @@ async def test_unexpected_errors_are_500_problems_without_internals(
 ) -> None:
     body = _assert_problem(await probe_client.get("/boom"), 500, "internal_error")
     assert "hunter2" not in str(body) and "RuntimeError" not in str(body)
-
-
-async def test_requests_in_flight_are_counted_for_the_worker_to_give_way_to(
-    runtime: Runtime,
-) -> None:
-    app = create_app(runtime, run_worker=False)
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    @app.get("/_slow")
-    async def slow() -> dict[str, bool]:
-        entered.set()
-        await release.wait()
-        return {"ok": True}
-
-    activity = app.state.activity
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://giftsync.test") as http:
-        pending = asyncio.create_task(http.get("/_slow"))
-        await entered.wait()
-        assert activity.in_flight == 1
-        assert not activity.settled(0.0)
-        release.set()
-        assert (await pending).status_code == 200
-        assert (await http.get("/nowhere")).status_code == 404  # errors are counted out too
-    assert activity.in_flight == 0
-    assert activity.settled(0.0)
 
 
 async def test_readyz_shows_configuration_warnings_without_failing(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.crypto import card_hash
 from app.main import create_app
 from app.runtime import Runtime
-from app.sync.operator import serial_hash
+from app.sync.lookup import serial_hash
 
 ADMIN_TOKEN = "test-admin-oua6Df4cIZNy6hMFDLFrsQyJmY2nJnF3"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

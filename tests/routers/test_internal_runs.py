@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.engine import SessionFactory
 from app.main import create_app
 from app.runtime import Runtime
-from app.sync import runs
+from app.sync import run_reporter, runs
 from app.worker import Worker
 from tests.conftest import make_settings
 
@@ -319,7 +319,7 @@ async def test_run_view_with_progress_and_findings(
             {"id": card_id},
         )
     run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False, "card_ids": None})
-    reporter = await runs.RunReporter.begin(sessions, run_id)
+    reporter = await run_reporter.RunReporter.begin(sessions, run_id)
     assert reporter is not None
     reporter.count("checked", 2)
     reporter.count("findings")
@@ -373,7 +373,7 @@ async def test_a_started_run_is_picked_up_by_its_handler(
     seen: list[str] = []
 
     async def handler(payload: dict[str, Any]) -> None:
-        reporter = await runs.RunReporter.begin(runtime.sessions, payload["run_id"])
+        reporter = await run_reporter.RunReporter.begin(runtime.sessions, payload["run_id"])
         assert reporter is not None
         seen.append(str(reporter.run_id))
         reporter.count("checked")

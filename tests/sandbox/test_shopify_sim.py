@@ -14,7 +14,8 @@ import pytest
 from app.sandbox.shopify import ShopifySimulator
 
 TOKEN = "test-token"
-URL = "/admin/api/2025-01/graphql.json"
+VERSION = "2026-07"
+URL = f"/admin/api/{VERSION}/graphql.json"
 
 CREATE = """
 mutation Create($input: GiftCardCreateInput!) {
@@ -49,6 +50,11 @@ query Search($query: String, $first: Int, $after: String, $last: Int, $before: S
     pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
   }
 }"""
+
+
+def aud(amount: str | int) -> dict[str, Any]:
+    """A MoneyInput in the simulated shop's currency."""
+    return {"amount": str(amount), "currencyCode": "AUD"}
 
 
 class Shop:
@@ -131,7 +137,8 @@ async def test_invalid_documents_are_refused_without_data(shop: Shop, query: str
 
 async def test_invalid_mutation_applies_nothing(shop: Shop) -> None:
     body = await shop.post(
-        'mutation { giftCardCreate(input: {initialValue: "5", colour: "red"}) { giftCardCode } }'
+        'mutation { giftCardCreate(input: {initialAmount: {amount: "5", currencyCode: AUD},'
+        ' colour: "red"}) { giftCardCode } }'
     )
     assert "data" not in body
     assert shop.sim.shop.gift_cards == {}
@@ -141,7 +148,9 @@ async def test_invalid_mutation_applies_nothing(shop: Shop) -> None:
 
 
 async def test_create_returns_code_once_and_then_only_masked(shop: Shop) -> None:
-    data = await shop.data(CREATE, {"input": {"initialValue": "25.5", "code": "ABCD1234wxyz"}})
+    data = await shop.data(
+        CREATE, {"input": {"initialAmount": aud("25.5"), "code": "ABCD1234wxyz"}}
+    )
     created = data["giftCardCreate"]
     assert created["userErrors"] == []
     assert created["giftCardCode"] == "abcd1234wxyz"
@@ -160,7 +169,7 @@ async def test_create_returns_code_once_and_then_only_masked(shop: Shop) -> None
 
 
 async def test_create_without_code_makes_sixteen_characters(shop: Shop) -> None:
-    data = await shop.data(CREATE, {"input": {"initialValue": 10}})
+    data = await shop.data(CREATE, {"input": {"initialAmount": aud(10)}})
     code = data["giftCardCreate"]["giftCardCode"]
     assert len(code) == 16
     assert code.isalnum()
@@ -170,13 +179,16 @@ async def test_create_without_code_makes_sixteen_characters(shop: Shop) -> None:
 @pytest.mark.parametrize(
     ("create_input", "code"),
     [
-        ({"initialValue": "5", "code": "abc1234"}, "TOO_SHORT"),
-        ({"initialValue": "5", "code": "a" * 21}, "TOO_LONG"),
-        ({"initialValue": "5", "code": "abcd-1234"}, "INVALID"),
-        ({"initialValue": "5", "code": "taken0001"}, "TAKEN"),
-        ({"initialValue": "5", "code": "TAKEN0001"}, "TAKEN"),
-        ({"initialValue": "100000"}, "GREATER_THAN"),
-        ({"initialValue": "5", "customerId": "gid://shopify/Customer/42"}, "CUSTOMER_NOT_FOUND"),
+        ({"initialAmount": aud("5"), "code": "abc1234"}, "TOO_SHORT"),
+        ({"initialAmount": aud("5"), "code": "a" * 21}, "TOO_LONG"),
+        ({"initialAmount": aud("5"), "code": "abcd-1234"}, "INVALID"),
+        ({"initialAmount": aud("5"), "code": "taken0001"}, "TAKEN"),
+        ({"initialAmount": aud("5"), "code": "TAKEN0001"}, "TAKEN"),
+        ({"initialAmount": aud("100000")}, "GREATER_THAN"),
+        (
+            {"initialAmount": aud("5"), "customerId": "gid://shopify/Customer/42"},
+            "CUSTOMER_NOT_FOUND",
+        ),
     ],
 )
 async def test_create_user_errors(shop: Shop, create_input: dict[str, Any], code: str) -> None:
@@ -283,11 +295,12 @@ async def test_update_and_notify(shop: Shop) -> None:
     ]
     made = await shop.data(
         """mutation { customerCreate(input: {email: "ann@example.com", firstName: "Ann"}) {
-             customer { id email displayName } userErrors { field message } } }"""
+             customer { id displayName } userErrors { field message } } }"""
     )
     customer_id = made["customerCreate"]["customer"]["id"]
     update = """mutation($id: ID!, $input: GiftCardUpdateInput!) { giftCardUpdate(id: $id, input: $input) {
-                  giftCard { note expiresOn customer { id email } } userErrors { field message } } }"""
+                  giftCard { note expiresOn customer { id defaultEmailAddress { emailAddress } } }
+                  userErrors { field message } } }"""
     updated = await shop.data(
         update,
         {
@@ -298,7 +311,7 @@ async def test_update_and_notify(shop: Shop) -> None:
     assert updated["giftCardUpdate"]["giftCard"] == {
         "note": "vip",
         "expiresOn": "2030-01-31",
-        "customer": {"id": customer_id, "email": "ann@example.com"},
+        "customer": {"id": customer_id, "defaultEmailAddress": {"emailAddress": "ann@example.com"}},
     }
     bad = await shop.data(
         update, {"id": card_id, "input": {"customerId": "gid://shopify/Customer/5"}}
@@ -318,11 +331,20 @@ async def test_customers_by_email_and_duplicate_email(shop: Shop) -> None:
     duplicate = await shop.data(create, {"email": "BO@example.com"})
     assert duplicate["customerCreate"]["userErrors"][0]["field"] == ["email"]
     found = await shop.data(
-        '{ customers(first: 5, query: "email:bo@example.com") { nodes { id email } } }'
+        '{ customers(first: 5, query: "email:bo@example.com") {'
+        " nodes { id defaultEmailAddress { emailAddress } } } }"
     )
     assert found["customers"]["nodes"] == [
-        {"id": first["customerCreate"]["customer"]["id"], "email": "bo@example.com"}
+        {
+            "id": first["customerCreate"]["customer"]["id"],
+            "defaultEmailAddress": {"emailAddress": "bo@example.com"},
+        }
     ]
+    # Deprecated is not removed: 2026-07 still serves `Customer.email`.
+    old = await shop.data(
+        '{ customers(first: 5, query: "email:cy@example.com") { nodes { email } } }'
+    )
+    assert old["customers"]["nodes"] == [{"email": "cy@example.com"}]
 
 
 # --- listing -------------------------------------------------------------------------------
@@ -415,6 +437,12 @@ RUN_BULK = """mutation($q: String!) { bulkOperationRunQuery(query: $q) {
   bulkOperation { id status } userErrors { field message code } } }"""
 
 
+GET_BULK = """query($id: ID!) { bulkOperation(id: $id) {
+  id status url objectCount rootObjectCount } }"""
+LIVE_BULK = """query($q: String) { bulkOperations(first: 10, query: $q) {
+  nodes { id status query } } }"""
+
+
 async def test_bulk_export_streams_jsonl_with_parent_ids(shop: Shop) -> None:
     first, _ = shop.sim.create_gift_card(Decimal("10"))
     second, _ = shop.sim.create_gift_card(Decimal("20"))
@@ -422,16 +450,12 @@ async def test_bulk_export_streams_jsonl_with_parent_ids(shop: Shop) -> None:
     started = await shop.data(RUN_BULK, {"q": BULK_QUERY})
     operation = started["bulkOperationRunQuery"]["bulkOperation"]
     assert operation["status"] == "CREATED"
-    again = await shop.data(RUN_BULK, {"q": BULK_QUERY})
-    assert again["bulkOperationRunQuery"]["userErrors"][0]["code"] == "OPERATION_IN_PROGRESS"
 
     statuses = []
     url = None
     for _ in range(5):
-        polled = await shop.data(
-            "{ currentBulkOperation { id status url objectCount rootObjectCount } }"
-        )
-        current = polled["currentBulkOperation"]
+        polled = await shop.data(GET_BULK, {"id": operation["id"]})
+        current = polled["bulkOperation"]
         assert current["id"] == operation["id"]
         statuses.append(current["status"])
         if current["status"] == "COMPLETED":
@@ -454,7 +478,36 @@ async def test_bulk_export_streams_jsonl_with_parent_ids(shop: Shop) -> None:
     assert len(children) == 1
     assert children[0]["__parentId"] == second
     assert children[0]["amount"] == {"amount": "-5.00"}
-    # Another bulk query may start once the first completed.
+
+
+async def test_five_bulk_queries_run_at_once_and_a_sixth_waits(shop: Shop) -> None:
+    """Since 2026-01 up to five bulk queries per app and shop (shopify.dev bulk operations)."""
+    other = "{ customers { edges { node { id } } } }"
+    others = [shop.sim.start_bulk_operation(other) for _ in range(4)]
+    ours = (await shop.data(RUN_BULK, {"q": BULK_QUERY}))["bulkOperationRunQuery"]
+    assert ours["userErrors"] == []
+    sixth = await shop.data(RUN_BULK, {"q": BULK_QUERY})
+    assert sixth["bulkOperationRunQuery"]["userErrors"] == [
+        {
+            "field": None,
+            "message": "Bulk operations limit reached. Please try again later.",
+            "code": "LIMIT_REACHED",
+        }
+    ]
+    # Newest first; the status filter finds the live ones, ours among them by its query.
+    live = await shop.data(LIVE_BULK, {"q": "status:created OR status:running"})
+    ids = [node["id"] for node in live["bulkOperations"]["nodes"]]
+    assert ids == [ours["bulkOperation"]["id"], *reversed(others)]
+    assert [n["query"] for n in live["bulkOperations"]["nodes"]] == [BULK_QUERY] + [
+        "{ customers { edges { node { id } } } }"
+    ] * 4
+    # Following ours by id moves only ours on.
+    for _ in range(2):
+        await shop.data(GET_BULK, {"id": ours["bulkOperation"]["id"]})
+    running = await shop.data(LIVE_BULK, {"q": "status:running OR status:created"})
+    assert [n["id"] for n in running["bulkOperations"]["nodes"]] == list(reversed(others))
+    done = await shop.data(LIVE_BULK, {"q": "status:completed"})
+    assert [n["id"] for n in done["bulkOperations"]["nodes"]] == [ours["bulkOperation"]["id"]]
     later = await shop.data(RUN_BULK, {"q": BULK_QUERY})
     assert later["bulkOperationRunQuery"]["userErrors"] == []
 
@@ -478,7 +531,7 @@ async def test_cost_extensions_requested_and_actual(shop: Shop) -> None:
     assert status["maximumAvailable"] == 1000
     assert status["restoreRate"] == 100
     assert status["currentlyAvailable"] >= 1000 - 4 - 1
-    mutation = await shop.post(CREATE, {"input": {"initialValue": 1}})
+    mutation = await shop.post(CREATE, {"input": {"initialAmount": aud(1)}})
     assert mutation["extensions"]["cost"]["requestedQueryCost"] == 10
     assert mutation["extensions"]["cost"]["actualQueryCost"] == 10
 
@@ -495,7 +548,9 @@ async def test_burst_is_throttled_without_applying_then_refills() -> None:
     sim = ShopifySimulator(access_token=TOKEN, bucket_size=50, restore_rate=10, clock=clock)
     async for shop in make_shop(sim):
         answers = [
-            await shop.post(CREATE, {"input": {"initialValue": 1, "code": f"burstcard{n:03d}"}})
+            await shop.post(
+                CREATE, {"input": {"initialAmount": aud(1), "code": f"burstcard{n:03d}"}}
+            )
             for n in range(7)
         ]
         throttled = [a for a in answers if "data" not in a]
@@ -510,10 +565,10 @@ async def test_burst_is_throttled_without_applying_then_refills() -> None:
         ]
 
         clock.now += 0.5  # 5 points back: still not enough for a mutation
-        still = await shop.post(CREATE, {"input": {"initialValue": 1}})
+        still = await shop.post(CREATE, {"input": {"initialAmount": aud(1)}})
         assert still["errors"][0]["extensions"]["code"] == "THROTTLED"
         clock.now += 1.0
-        refilled = await shop.post(CREATE, {"input": {"initialValue": 1}})
+        refilled = await shop.post(CREATE, {"input": {"initialAmount": aud(1)}})
         assert refilled["data"]["giftCardCreate"]["userErrors"] == []
         assert sim.throttled_count == 3
 
@@ -526,7 +581,7 @@ async def test_error_fault_answers_5xx_before_applying(shop: Shop) -> None:
     for _ in range(2):
         response = await shop.client.post(
             URL,
-            json={"query": CREATE, "variables": {"input": {"initialValue": 1}}},
+            json={"query": CREATE, "variables": {"input": {"initialAmount": aud(1)}}},
             headers={"X-Shopify-Access-Token": TOKEN},
         )
         assert response.status_code in (502, 503)
@@ -558,7 +613,7 @@ async def test_latency_and_forced_throttle(shop: Shop) -> None:
             await shop.post("{ giftCardsCount { count } }")
     shop.sim.faults.latency_ms = 0
     shop.sim.faults.force_throttle = True
-    body = await shop.post(CREATE, {"input": {"initialValue": 1}})
+    body = await shop.post(CREATE, {"input": {"initialAmount": aud(1)}})
     assert body["errors"][0]["extensions"]["code"] == "THROTTLED"
     assert "data" not in body
     assert shop.sim.throttled_count == 1
@@ -606,13 +661,13 @@ async def test_order_helper_payloads_and_graphql_view(shop: Shop) -> None:
              transactions { id kind status gateway amountSet { shopMoney { amount currencyCode } }
                             receiptJson parentTransaction { id } }
              lineItems(first: 5) { nodes { isGiftCard name } }
-             shippingAddress { name } customer { email } } }""",
+             shippingAddress { name } customer { defaultEmailAddress { emailAddress } } } }""",
         {"id": order["id"]},
     )
     view = data["order"]
     assert view["name"] == order["name"]
     assert view["shippingAddress"] == {"name": "Ann Lee"}
-    assert view["customer"] == {"email": "ann@example.com"}
+    assert view["customer"] == {"defaultEmailAddress": {"emailAddress": "ann@example.com"}}
     assert view["lineItems"]["nodes"] == [{"isGiftCard": True, "name": "Gift card 25.00"}]
     sale = next(t for t in view["transactions"] if t["gateway"] == "gift_card")
     assert sale["kind"] == "SALE"
@@ -646,18 +701,61 @@ async def test_node_lookup_and_webhook_subscription(shop: Shop) -> None:
         "id": card_id,
         "customer": {"email": "dee@example.com"},
     }
+    # The deprecated `callbackUrl` is still read, and still answered.
     created = await shop.data(
         """mutation { webhookSubscriptionCreate(topic: ORDERS_PAID,
              webhookSubscription: {callbackUrl: "https://giftsync.test/webhooks/shopify", format: JSON}) {
-             webhookSubscription { id topic endpoint { __typename ... on WebhookHttpEndpoint { callbackUrl } } }
+             webhookSubscription { id topic uri endpoint { __typename ... on WebhookHttpEndpoint { callbackUrl } } }
              userErrors { field message } } }"""
     )
     sub = created["webhookSubscriptionCreate"]["webhookSubscription"]
     assert sub["topic"] == "ORDERS_PAID"
+    assert sub["uri"] == "https://giftsync.test/webhooks/shopify"
     assert sub["endpoint"] == {
         "__typename": "WebhookHttpEndpoint",
         "callbackUrl": "https://giftsync.test/webhooks/shopify",
     }
+
+
+WEBHOOK_CREATE = """mutation($topic: WebhookSubscriptionTopic!, $sub: WebhookSubscriptionInput!) {
+  webhookSubscriptionCreate(topic: $topic, webhookSubscription: $sub) {
+    webhookSubscription { id topic uri format } userErrors { field message } } }"""
+WEBHOOK_LIST = """query($topics: [WebhookSubscriptionTopic!]) {
+  webhookSubscriptions(first: 10, topics: $topics) { nodes { id topic uri format apiVersion { handle } } } }"""
+WEBHOOK_DELETE = """mutation($id: ID!) { webhookSubscriptionDelete(id: $id) {
+  deletedWebhookSubscriptionId userErrors { field message } } }"""
+
+
+async def test_webhook_subscriptions_list_create_delete(shop: Shop) -> None:
+    target = {"uri": "https://giftsync.test/webhooks/shopify", "format": "JSON"}
+    paid = await shop.data(WEBHOOK_CREATE, {"topic": "ORDERS_PAID", "sub": target})
+    paid_id = paid["webhookSubscriptionCreate"]["webhookSubscription"]["id"]
+    await shop.data(WEBHOOK_CREATE, {"topic": "REFUNDS_CREATE", "sub": target})
+    twice = await shop.data(WEBHOOK_CREATE, {"topic": "ORDERS_PAID", "sub": target})
+    assert twice["webhookSubscriptionCreate"]["userErrors"] == [
+        {
+            "field": ["webhookSubscription", "callbackUrl"],
+            "message": "Address for this topic has already been taken",
+        }
+    ]
+    listed = await shop.data(WEBHOOK_LIST)
+    assert [(n["topic"], n["uri"]) for n in listed["webhookSubscriptions"]["nodes"]] == [
+        ("ORDERS_PAID", target["uri"]),
+        ("REFUNDS_CREATE", target["uri"]),
+    ]
+    assert listed["webhookSubscriptions"]["nodes"][0]["apiVersion"] == {"handle": VERSION}
+    only = await shop.data(WEBHOOK_LIST, {"topics": ["REFUNDS_CREATE"]})
+    assert [n["topic"] for n in only["webhookSubscriptions"]["nodes"]] == ["REFUNDS_CREATE"]
+    deleted = await shop.data(WEBHOOK_DELETE, {"id": paid_id})
+    assert deleted["webhookSubscriptionDelete"] == {
+        "deletedWebhookSubscriptionId": paid_id,
+        "userErrors": [],
+    }
+    again = await shop.data(WEBHOOK_DELETE, {"id": paid_id})
+    assert again["webhookSubscriptionDelete"]["deletedWebhookSubscriptionId"] is None
+    assert again["webhookSubscriptionDelete"]["userErrors"][0]["field"] == ["id"]
+    left = await shop.data(WEBHOOK_LIST)
+    assert [n["topic"] for n in left["webhookSubscriptions"]["nodes"]] == ["REFUNDS_CREATE"]
 
 
 async def test_seed_demo_lines() -> None:

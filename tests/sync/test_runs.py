@@ -1,4 +1,4 @@
-"""Runs and findings (`app.sync.runs`): start with a job in one transaction, lifecycle, findings."""
+"""Runs (`app.sync.runs`): started with their job in one transaction, read back with their findings."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db import records
+from app.db import findings as db_findings
 from app.db.engine import SessionFactory, transaction
 from app.db.jobs import claim, fail
 from app.db.jobs import retry_dead as retry_dead_job
 from app.settings import PosKind
-from app.sync import runs
+from app.sync import findings, runs
 from app.sync.runs import (
     BACKFILL_JOB,
     RECONCILE_JOB,
@@ -24,7 +24,6 @@ from app.sync.runs import (
     DirectionDisabled,
     NoPos,
     ReconcileParams,
-    RunReporter,
     UnknownCards,
 )
 from tests.conftest import make_settings
@@ -206,129 +205,6 @@ async def test_start_backfill_records_the_plan(
     assert BackfillParams.of(run.params) == BackfillParams("both", ["to_pos"], ["to_shopify"])
 
 
-# --- lifecycle --------------------------------------------------------------------------------
-
-
-async def test_mark_running_then_resume(sessions: SessionFactory, engine: AsyncEngine) -> None:
-    run_id = await runs.start_run(sessions, "backfill", {"direction": "to_pos"})
-
-    async with transaction(sessions) as session:
-        state = await runs.mark_running(session, run_id)
-    assert state is not None
-    assert (state.id, state.kind, state.progress) == (run_id, "backfill", {})
-    [first] = await _rows(engine, "SELECT status, started_at FROM runs")
-    assert first.status == "running" and first.started_at is not None
-
-    async with transaction(sessions) as session:
-        assert await runs.update_progress(
-            session, run_id, {"cursor": "c-7", "done": 7}, {"moved": 7}
-        )
-
-    # A worker whose lease ran out is replaced; the new one resumes from the checkpoint.
-    async with transaction(sessions) as session:
-        resumed = await runs.mark_running(session, str(run_id))
-    assert resumed is not None
-    assert resumed.progress == {"cursor": "c-7", "done": 7}
-    assert resumed.counts == {"moved": 7, "already_linked": 0, "skipped": 0}
-    [again] = await _rows(engine, "SELECT status, started_at FROM runs")
-    assert again.started_at == first.started_at
-
-
-async def test_mark_running_refuses_finished_and_unknown_runs(sessions: SessionFactory) -> None:
-    run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        assert await runs.mark_running(session, run_id) is not None
-        assert await runs.finish_run(session, run_id, "succeeded", {"checked": 3})
-    async with transaction(sessions) as session:
-        assert await runs.mark_running(session, run_id) is None
-        assert await runs.mark_running(session, uuid.uuid4()) is None
-
-
-async def test_update_progress_merges_and_stops_after_finish(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        # Not running yet: a checkpoint before mark_running is refused.
-        assert not await runs.update_progress(session, run_id, {"done": 1}, {"checked": 1})
-        await runs.mark_running(session, run_id)
-        assert await runs.update_progress(session, run_id, {"done": 1, "total": 9}, {"checked": 1})
-        assert await runs.update_progress(session, run_id, {"done": 4}, {"in_sync": 3})
-    [run] = await _rows(engine, "SELECT progress, counts FROM runs")
-    assert run.progress == {"done": 4, "total": 9}
-    assert run.counts == {"checked": 1, "in_sync": 3, "repaired": 0, "findings": 0}
-
-    async with transaction(sessions) as session:
-        assert await runs.finish_run(session, run_id, "failed", {"checked": 4}, "POS said no")
-        assert not await runs.update_progress(session, run_id, {"done": 5}, {})
-        assert not await runs.finish_run(session, run_id, "succeeded", {})
-    [done] = await _rows(engine, "SELECT status, error, counts, finished_at FROM runs")
-    assert (done.status, done.error) == ("failed", "POS said no")
-    assert done.counts["checked"] == 4
-    assert done.finished_at is not None
-
-
-async def test_finish_run_takes_only_final_statuses(sessions: SessionFactory) -> None:
-    run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        with pytest.raises(ValueError, match="succeeded or failed"):
-            await runs.finish_run(session, run_id, "running", {})  # type: ignore[arg-type]
-
-
-async def test_two_workers_finishing_one_run_only_one_wins(sessions: SessionFactory) -> None:
-    run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        await runs.mark_running(session, run_id)
-
-    async def finish(status: Any) -> bool:
-        async with transaction(sessions) as session:
-            return await runs.finish_run(session, run_id, status, {})
-
-    outcomes = await asyncio.gather(finish("succeeded"), finish("failed"))
-    assert sorted(outcomes) == [False, True]
-
-
-async def test_reporter_runs_a_run_once(sessions: SessionFactory) -> None:
-    run_id = await runs.start_run(sessions, "reconcile", {"dry_run": True, "card_ids": None})
-
-    reporter = await RunReporter.begin(sessions, str(run_id))
-    assert reporter is not None
-    assert not reporter.resumed
-    assert ReconcileParams.of(reporter.params).dry_run is True
-    reporter.count("checked", 3)
-    reporter.count("in_sync", 2)
-    assert await reporter.checkpoint(done=3, total=10)
-    reporter.count("checked")
-    assert await reporter.succeed()
-
-    view = await runs.get_run(sessions, run_id)
-    assert view is not None
-    assert view.status == "succeeded"
-    assert view.counts == {"checked": 4, "in_sync": 2, "repaired": 0, "findings": 0}
-    assert view.progress == {"done": 3, "total": 10}
-    assert await RunReporter.begin(sessions, run_id) is None
-
-
-async def test_reporter_resumes_from_the_last_checkpoint(sessions: SessionFactory) -> None:
-    run_id = await runs.start_run(sessions, "backfill", {"direction": "to_pos"})
-    first = await RunReporter.begin(sessions, run_id)
-    assert first is not None
-    first.count("moved", 5)
-    await first.checkpoint(cursor="page-2")
-    first.count("moved", 3)  # lost: the worker dies before the next checkpoint
-
-    second = await RunReporter.begin(sessions, run_id)
-    assert second is not None
-    assert second.resumed
-    assert second.progress == {"cursor": "page-2"}
-    assert second.counts == {"moved": 5, "already_linked": 0, "skipped": 0}
-    assert await second.fail("gave up")
-    assert not await first.succeed()
-    view = await runs.get_run(sessions, run_id)
-    assert view is not None
-    assert (view.status, view.error) == ("failed", "gave up")
-
-
 # --- reading ----------------------------------------------------------------------------------
 
 
@@ -343,7 +219,7 @@ async def test_get_run_lists_the_findings_it_opened_or_saw(
     earlier = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     later = await runs.start_run(sessions, "reconcile", {"dry_run": False})
     async with transaction(sessions) as session:
-        await runs.record_finding(
+        await findings.record_finding(
             session,
             earlier,
             finding_type="balance_mismatch",
@@ -351,7 +227,7 @@ async def test_get_run_lists_the_findings_it_opened_or_saw(
             card_id=card_id,
             evidence={"shopify": "10.00", "lightspeed": "12.00"},
         )
-        await runs.record_finding(
+        await findings.record_finding(
             session,
             earlier,
             finding_type="orphan",
@@ -359,7 +235,7 @@ async def test_get_run_lists_the_findings_it_opened_or_saw(
             card_id=None,
             evidence={"last4": "0055"},
         )
-        await runs.record_finding(
+        await findings.record_finding(
             session,
             later,
             finding_type="balance_mismatch",
@@ -367,7 +243,7 @@ async def test_get_run_lists_the_findings_it_opened_or_saw(
             card_id=card_id,
             evidence={"shopify": "10.00", "lightspeed": "13.00"},
         )
-        await records.open_finding(
+        await db_findings.open_finding(
             session,
             finding_type="unrepairable",
             subject="shadow:x",
@@ -411,216 +287,3 @@ async def test_get_run_reports_a_run_whose_job_died_as_failed(
     retried = await runs.get_run(sessions, run_id)
     assert retried is not None
     assert (retried.status, retried.error) == ("queued", None)
-
-
-# --- findings ---------------------------------------------------------------------------------
-
-
-async def _finding(engine: AsyncEngine, finding_type: str, subject: str) -> Any:
-    rows = await _rows(
-        engine,
-        "SELECT * FROM findings WHERE type = :t AND subject = :s ORDER BY id",
-        t=finding_type,
-        s=subject,
-    )
-    return rows[-1]
-
-
-async def test_record_finding_opens_once_and_refreshes(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    first = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    second = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        assert await runs.record_finding(
-            session, first, finding_type="t", subject="s", card_id=None, evidence={"n": 1}
-        )
-        assert not await runs.record_finding(
-            session, first, finding_type="t", subject="s", card_id=None, evidence={"n": 2}
-        )
-        assert not await runs.record_finding(
-            session, second, finding_type="t", subject="s", card_id=None, evidence={"n": 3}
-        )
-    row = await _finding(engine, "t", "s")
-    assert (row.first_run_id, row.last_run_id, row.evidence) == (first, second, {"n": 3})
-    assert len(await _rows(engine, "SELECT id FROM findings")) == 1
-
-
-async def test_open_finding_without_a_run_keeps_its_old_behaviour(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    async with transaction(sessions) as session:
-        assert await records.open_finding(
-            session, finding_type="t", subject="s", card_id=None, evidence={"n": 1}
-        )
-        assert not await records.open_finding(
-            session, finding_type="t", subject="s", card_id=None, evidence={"n": 2}
-        )
-    row = await _finding(engine, "t", "s")
-    assert (row.first_run_id, row.last_run_id, row.evidence) == (None, None, {"n": 1})
-
-    run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        await runs.record_finding(
-            session, run_id, finding_type="t", subject="s", card_id=None, evidence={"n": 3}
-        )
-    row = await _finding(engine, "t", "s")
-    assert (row.first_run_id, row.last_run_id, row.evidence) == (run_id, run_id, {"n": 3})
-
-
-async def test_a_resolved_finding_seen_again_opens_a_new_one(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    first = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    second = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    third = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        await runs.record_finding(
-            session, first, finding_type="t", subject="s", card_id=None, evidence={}
-        )
-    async with transaction(sessions) as session:
-        assert await runs.resolve_findings_not_seen(session, second, finding_types=["t"]) == 1
-    async with transaction(sessions) as session:
-        assert await runs.record_finding(
-            session, third, finding_type="t", subject="s", card_id=None, evidence={}
-        )
-    rows = await _rows(engine, "SELECT resolved_at, first_run_id FROM findings ORDER BY id")
-    assert [row.resolved_at is None for row in rows] == [False, True]
-    assert rows[1].first_run_id == third
-
-
-async def test_resolve_findings_not_seen_respects_its_scope(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    card_a, card_b = await _card(engine), await _card(engine)
-    before = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        for finding_type, subject, card in [
-            ("mismatch", "card:a", card_a),
-            ("mismatch", "card:b", card_b),
-            ("mismatch", "card:still", card_a),
-            ("overdraft", "card:a", card_a),
-        ]:
-            await runs.record_finding(
-                session,
-                before,
-                finding_type=finding_type,
-                subject=subject,
-                card_id=card,
-                evidence={},
-            )
-    now = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        await runs.mark_running(session, now)
-        await runs.record_finding(
-            session,
-            now,
-            finding_type="mismatch",
-            subject="card:still",
-            card_id=card_a,
-            evidence={},
-        )
-        resolved = await runs.resolve_findings_not_seen(
-            session, now, finding_types=["mismatch"], card_ids=[card_a]
-        )
-    assert resolved == 1
-    open_now = await _rows(
-        engine, "SELECT type, subject FROM findings WHERE resolved_at IS NULL ORDER BY id"
-    )
-    assert [(row.type, row.subject) for row in open_now] == [
-        ("mismatch", "card:b"),  # another card: outside a reconcile of card_a
-        ("mismatch", "card:still"),  # seen again by this run
-        ("overdraft", "card:a"),  # a type this run does not judge
-    ]
-
-
-async def test_resolve_findings_by_subject_prefix_escapes_like_wildcards(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    before = await runs.start_run(sessions, "backfill", {"direction": "to_pos"})
-    async with transaction(sessions) as session:
-        for subject in ("export_shopify:1", "exportXshopify:2", "import:3"):
-            await runs.record_finding(
-                session,
-                before,
-                finding_type="unmovable",
-                subject=subject,
-                card_id=None,
-                evidence={},
-            )
-    now = await runs.start_run(sessions, "backfill", {"direction": "to_pos"})
-    async with transaction(sessions) as session:
-        resolved = await runs.resolve_findings_not_seen(
-            session, now, finding_types=["unmovable"], subject_prefix="export_"
-        )
-    assert resolved == 1
-    open_now = await _rows(engine, "SELECT subject FROM findings WHERE resolved_at IS NULL")
-    assert sorted(row.subject for row in open_now) == ["exportXshopify:2", "import:3"]
-
-
-async def test_an_older_run_does_not_resolve_what_a_newer_run_saw(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    older = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    newer = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        await runs.mark_running(session, older)
-        await runs.record_finding(
-            session, newer, finding_type="mismatch", subject="card:x", card_id=None, evidence={}
-        )
-    async with transaction(sessions) as session:
-        assert await runs.resolve_findings_not_seen(session, older, finding_types=["mismatch"]) == 0
-    async with transaction(sessions) as session:
-        # A finding another flow opened after the older run started is newer than its look too.
-        await records.open_finding(
-            session, finding_type="mismatch", subject="card:y", card_id=None, evidence={}
-        )
-    async with transaction(sessions) as session:
-        assert await runs.resolve_findings_not_seen(session, older, finding_types=["mismatch"]) == 0
-    assert len(await _rows(engine, "SELECT id FROM findings WHERE resolved_at IS NULL")) == 2
-
-
-async def test_a_later_run_resolves_runless_findings_it_judges(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    async with transaction(sessions) as session:
-        await records.open_finding(
-            session, finding_type="mismatch", subject="card:z", card_id=None, evidence={}
-        )
-    run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        await runs.mark_running(session, run_id)
-        assert (
-            await runs.resolve_findings_not_seen(session, run_id, finding_types=["mismatch"]) == 1
-        )
-
-
-async def test_resolve_needs_finding_types(sessions: SessionFactory) -> None:
-    run_id = await runs.start_run(sessions, "reconcile", {"dry_run": False})
-    async with transaction(sessions) as session:
-        with pytest.raises(ValueError, match="finding types"):
-            await runs.resolve_findings_not_seen(session, run_id, finding_types=[])
-
-
-async def test_reporter_records_findings_alone_or_in_a_transaction(
-    sessions: SessionFactory, engine: AsyncEngine
-) -> None:
-    run_id = await runs.start_run(sessions, "backfill", {"direction": "to_shopify"})
-    reporter = await RunReporter.begin(sessions, run_id)
-    assert reporter is not None
-    assert await reporter.finding(
-        finding_type="bad_serial", subject="lightspeed:1", card_id=None, evidence={"last4": "0001"}
-    )
-    with pytest.raises(RuntimeError):
-        async with transaction(sessions) as session:
-            await reporter.finding(
-                finding_type="bad_serial",
-                subject="lightspeed:2",
-                card_id=None,
-                evidence={},
-                session=session,
-            )
-            raise RuntimeError("the repair it belonged to failed")
-    view = await runs.get_run(sessions, run_id)
-    assert view is not None
-    assert [finding.subject for finding in view.findings] == ["lightspeed:1"]

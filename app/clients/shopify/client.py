@@ -3,7 +3,8 @@
 Thin by design: one typed method per operation, no business rules. Writes that must not be
 applied twice go through the delivery policy with a look-up of their own: a created card by its
 code, a credit or debit by the idempotency key in its note, a customer by email, a bulk
-operation by its query. Documents live in `queries`.
+operation by its query. Documents live in `queries`; tokens come from `tokens` (a static token,
+or the client credentials grant); webhook subscriptions are in `webhooks`.
 
 Never logged: the access token and full gift card codes (only their last 4 characters).
 """
@@ -40,6 +41,13 @@ from app.clients.shopify.models import (
     parse_order,
     parse_transaction,
 )
+from app.clients.shopify.tokens import (
+    AccessTokens,
+    ClientCredentialsTokens,
+    StaticToken,
+)
+from app.clients.shopify.webhooks import ShopifyWebhooks
+from app.db.tokens import TokenStore
 from app.settings import Settings
 
 PAGE_SIZE = 50
@@ -55,20 +63,30 @@ def _search_term(value: str) -> str:
     return f'"{escaped}"'
 
 
-class ShopifyClient(ShopifyBulkExport):
+class ShopifyClient(ShopifyBulkExport, ShopifyWebhooks):
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+        cls,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        token_store: TokenStore | None = None,
     ) -> ShopifyClient:
-        token = settings.shopify_admin_token
-        if token is None and not settings.sandbox_enabled:
-            raise ValueError("SHOPIFY_ADMIN_TOKEN is not configured")
+        """SHOPIFY_ADMIN_TOKEN when set (a legacy admin-created app); otherwise tokens by the
+        client credentials grant from SHOPIFY_CLIENT_ID and SHOPIFY_API_SECRET, kept in
+        `token_store` (the database, so replicas share them; None: this process only)."""
         return cls(
             settings.shopify_url,
-            token.get_secret_value() if token is not None else SANDBOX_ACCESS_TOKEN,
+            access_tokens(settings, transport=transport, token_store=token_store),
             settings.shopify_api_version,
             transport=transport,
+            currency=settings.currency,
         )
+
+    async def check_access(self) -> None:
+        """One cheap authenticated read: raises ShopifyAuthError when the token is refused,
+        and leaves `answered_version` set from the answer."""
+        await self._query("ShopCheck", {})
 
     # --- gift card writes -----------------------------------------------------------------
 
@@ -80,8 +98,16 @@ class ShopifyClient(ShopifyBulkExport):
         note: str | None = None,
         customer_id: str | None = None,
         expires_on: date | None = None,
+        currency: str | None = None,
     ) -> CreatedGiftCard:
-        card_input: dict[str, Any] = {"initialValue": decimal_text(initial_value)}
+        """A new card worth `initial_value` in `currency` (default: the shop's, CURRENCY)."""
+        # `initialValue` is deprecated since 2026-07 for `initialAmount` (MoneyInput).
+        card_input: dict[str, Any] = {
+            "initialAmount": {
+                "amount": decimal_text(initial_value),
+                "currencyCode": (currency or self.currency).strip().upper(),
+            }
+        }
         if code is not None:
             card_input["code"] = code
         if note is not None:
@@ -339,7 +365,8 @@ class ShopifyClient(ShopifyBulkExport):
             "CustomersByEmail", {"first": 5, "query": f"email:{_search_term(wanted)}"}
         )
         for node in data["customers"]["nodes"]:
-            if str(node.get("email") or "").lower() == wanted:
+            address = (node.get("defaultEmailAddress") or {}).get("emailAddress")
+            if str(address or "").lower() == wanted:
                 return str(node["id"])
         return None
 
@@ -385,19 +412,29 @@ class ShopifyClient(ShopifyBulkExport):
         node = data.get("order")
         return parse_order(node) if node else None
 
-    # --- webhooks -------------------------------------------------------------------------
 
-    async def create_webhook_subscription(self, topic: str, callback_url: str) -> str:
-        """Subscribe `callback_url`; `topic` as `orders/paid` or `ORDERS_PAID`."""
-        variables = {
-            "topic": topic.strip().upper().replace("/", "_"),
-            "webhookSubscription": {"callbackUrl": callback_url, "format": "JSON"},
-        }
-        # A repeat after a lost answer is refused as taken at worst, never doubled.
-        data = await self._query("WebhookSubscriptionCreate", variables)
-        payload = data["webhookSubscriptionCreate"]
-        raise_user_errors(payload["userErrors"])
-        return str(payload["webhookSubscription"]["id"])
+def access_tokens(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    token_store: TokenStore | None = None,
+) -> AccessTokens:
+    """The token source the settings describe (DESIGN 4)."""
+    if settings.shopify_admin_token is not None:
+        return StaticToken(settings.shopify_admin_token.get_secret_value())
+    if settings.shopify_client_id and settings.shopify_api_secret is not None:
+        return ClientCredentialsTokens(
+            settings.shopify_url,
+            settings.shopify_client_id,
+            settings.shopify_api_secret.get_secret_value(),
+            store=token_store,
+            transport=transport,
+        )
+    if settings.sandbox_enabled:
+        return StaticToken(SANDBOX_ACCESS_TOKEN)
+    raise ValueError(
+        "Shopify: set SHOPIFY_CLIENT_ID and SHOPIFY_API_SECRET (or SHOPIFY_ADMIN_TOKEN)"
+    )
 
 
 def _card_from_payload(payload: dict[str, Any], card_id: str) -> ShopifyGiftCard:

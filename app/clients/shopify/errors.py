@@ -33,6 +33,12 @@ class ShopifyInvalidInput(ShopifyUserError):
     """Refused input: a code too short or long, a bad amount, a mismatching currency, ..."""
 
 
+class ShopifyAuthError(ShopifyUserError):
+    """Shopify refused giftsync itself: the access token (HTTP 401/403, even after a renewal),
+    or the client credentials grant (wrong client id or secret, app uninstalled). Nothing works
+    until an operator acts, so `/readyz` shows it as an error."""
+
+
 class ShopifyUnavailable(UpstreamUnavailable):
     upstream = UPSTREAM
 

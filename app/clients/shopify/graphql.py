@@ -1,7 +1,10 @@
 """One GraphQL request to Shopify's Admin API: paced by the cost bucket, delivered by the policy.
 
 What is Shopify's alone lives here: the THROTTLED answer (HTTP 200, nothing executed) is
-waited out on the bucket's own figures; `userErrors` and GraphQL errors become typed refusals.
+waited out on the bucket's own figures; `userErrors` and GraphQL errors become typed refusals;
+a 401 (nothing executed) gets one renewed token and one more try; every answer's
+`X-Shopify-API-Version` is read, since Shopify answers a retired version with the oldest one it
+still serves, silently but for that header (UPSTREAMS.md, "API versions").
 Never logged: the access token.
 """
 
@@ -9,12 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import SecretStr
 
 from app.clients.delivery import (
     AnswerLost,
@@ -26,19 +28,23 @@ from app.clients.delivery import (
 from app.clients.shopify.errors import (
     CODE_TO_ERROR,
     UPSTREAM,
+    ShopifyAuthError,
     ShopifyUnavailable,
     ShopifyUnknownOutcome,
     ShopifyUserError,
 )
 from app.clients.shopify.models import masked_code
 from app.clients.shopify.queries import ALL_OPERATIONS, MUTATIONS
+from app.clients.shopify.tokens import AccessTokens, StaticToken
 from app.clients.throttle import CostBucket, ThrottleStatus
 from app.logging import get_logger
+from app.metrics import SHOPIFY_API_VERSION_MISMATCH
 
 T = TypeVar("T")
 
 MUTATION_COST = 10.0
 MAX_THROTTLED_RETRIES = 20
+VERSION_HEADER = "X-Shopify-API-Version"
 # When set (on the bucket's clock), calls give up rather than wait on the throttle past it.
 _WAIT_DEADLINE: ContextVar[float | None] = ContextVar("shopify_wait_deadline", default=None)
 # What an answer that says it did the work but cannot be read raises while being read.
@@ -93,7 +99,7 @@ class ShopifyGraphQL:
     def __init__(
         self,
         base_url: str,
-        access_token: str,
+        access_token: str | AccessTokens,
         api_version: str,
         *,
         timeout: float = 10.0,
@@ -101,9 +107,17 @@ class ShopifyGraphQL:
         bucket: CostBucket | None = None,
         retry_attempts: int = 4,
         retry_backoff: float = 0.5,
+        currency: str = "AUD",
     ) -> None:
         self._graphql_url = f"{base_url.rstrip('/')}/admin/api/{api_version}/graphql.json"
-        self._token = SecretStr(access_token)
+        self._tokens: AccessTokens = (
+            StaticToken(access_token) if isinstance(access_token, str) else access_token
+        )
+        self.api_version = api_version
+        self.answered_version: str | None = None
+        """What the last answer's `X-Shopify-API-Version` said (None before any answer)."""
+        self.currency = currency.strip().upper()
+        """The shop's currency (CURRENCY): what a new card's `initialAmount` is given in."""
         self._timeout = timeout
         self._http = new_http_client(timeout=timeout, transport=transport)
         self._bucket = bucket or CostBucket()
@@ -119,11 +133,22 @@ class ShopifyGraphQL:
         self._log = get_logger(__name__)
 
     @property
+    def token_mode(self) -> str:
+        """`static` (SHOPIFY_ADMIN_TOKEN) or `client_credentials`."""
+        return self._tokens.mode
+
+    @property
+    def version_mismatch(self) -> bool:
+        """Shopify answered with another API version than the one asked."""
+        return self.answered_version is not None and self.answered_version != self.api_version
+
+    @property
     def bucket(self) -> CostBucket:
         return self._bucket
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._tokens.aclose()
 
     def _estimate_cost(self, operation: str, variables: dict[str, Any]) -> float:
         first = variables.get("first")
@@ -136,22 +161,52 @@ class ShopifyGraphQL:
             return 2.0 + first
         return 2.0
 
+    async def _exchange(self, payload: dict[str, Any], token: str) -> httpx.Response:
+        headers = {"X-Shopify-Access-Token": token}
+        response = await transmit(
+            self._http.post(self._graphql_url, json=payload, headers=headers),
+            deadline=self._timeout,
+        )
+        self._note_version(response)
+        return response
+
+    def _note_version(self, response: httpx.Response) -> None:
+        answered = response.headers.get(VERSION_HEADER)
+        if not answered or answered == self.answered_version:
+            return
+        previous, self.answered_version = self.answered_version, answered
+        if previous is not None:
+            # Another client asking the same version may have removed it already.
+            with suppress(KeyError):
+                SHOPIFY_API_VERSION_MISMATCH.remove(self.api_version, previous)
+        SHOPIFY_API_VERSION_MISMATCH.labels(self.api_version, answered).set(
+            1 if self.version_mismatch else 0
+        )
+        if self.version_mismatch:
+            self._log.warning(
+                "shopify_api_version_mismatch", asked=self.api_version, answered=answered
+            )
+
     async def _post(self, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
         payload = {
             "query": ALL_OPERATIONS[operation],
             "operationName": operation,
             "variables": variables,
         }
-        headers = {"X-Shopify-Access-Token": self._token.get_secret_value()}
-        response = await transmit(
-            self._http.post(self._graphql_url, json=payload, headers=headers),
-            deadline=self._timeout,
-        )
+        token = await self._tokens.current()
+        response = await self._exchange(payload, token)
+        if response.status_code == 401:
+            # Nothing was executed: one renewed token (shared with every caller refused with
+            # the same one) and one more try; a second 401 is a refusal.
+            fresh = await self._tokens.renew(token)
+            if fresh is not None:
+                self._log.info("shopify_token_renewed_after_401", operation=operation)
+                response = await self._exchange(payload, fresh)
         check_status(response)
         status = response.status_code
         if status in (401, 403):
             code = "UNAUTHORIZED" if status == 401 else "ACCESS_DENIED"
-            raise ShopifyUserError(f"Shopify refused the access token (HTTP {status})", code=code)
+            raise ShopifyAuthError(f"Shopify refused the access token (HTTP {status})", code=code)
         if status >= 400:
             raise ShopifyUserError(f"Shopify answered HTTP {status}", code=f"HTTP_{status}")
         try:

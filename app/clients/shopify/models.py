@@ -211,13 +211,14 @@ def parse_order(node: dict[str, Any]) -> ShopifyOrder:
             )
     customer = node.get("customer") or {}
     shipping = node.get("shippingAddress") or {}
+    customer_email = (customer.get("defaultEmailAddress") or {}).get("emailAddress")
     return ShopifyOrder(
         id=str(node["id"]),
         name=str(node["name"]),
         transactions=[parse_order_transaction(t) for t in node["transactions"]],
         gift_card_lines=lines,
         shipping_name=shipping.get("name"),
-        customer_email=node.get("email") or customer.get("email"),
+        customer_email=node.get("email") or customer_email,
     )
 
 

@@ -1,8 +1,10 @@
-"""Every GraphQL document the Shopify client can send, checked against the 2025-01 Admin schema.
+"""Every GraphQL document the Shopify client can send, for Admin API 2026-07 and 2026-10.
 
 Each document holds exactly one operation named like its key in `ALL_OPERATIONS`, so the
 operation name doubles as the key for learned query costs and for log lines.
-`tests/clients/test_shopify_schema.py` validates all of them against Shopify's introspection.
+`tests/clients/test_shopify_schema.py` validates all of them, and the variables the client
+really sends, against both versions' introspection, and refuses any deprecated field, argument,
+input field or enum value (UPSTREAMS.md, "2026-07 deprecations that touch us").
 """
 
 from __future__ import annotations
@@ -146,10 +148,11 @@ query GiftCardsSearch(
     + GIFT_CARD_FIELDS
 )
 
+# `Customer.email` is deprecated since 2026-01 for `defaultEmailAddress.emailAddress`.
 CUSTOMERS_BY_EMAIL = """
 query CustomersByEmail($first: Int!, $query: String!) {
   customers(first: $first, query: $query) {
-    nodes { id email }
+    nodes { id defaultEmailAddress { emailAddress } }
   }
 }
 """
@@ -157,7 +160,7 @@ query CustomersByEmail($first: Int!, $query: String!) {
 CUSTOMER_CREATE = """
 mutation CustomerCreate($input: CustomerInput!) {
   customerCreate(input: $input) {
-    customer { id email }
+    customer { id }
     userErrors { field message }
   }
 }
@@ -169,7 +172,7 @@ query OrderGet($id: ID!, $transactionsFirst: Int!, $lineItemsFirst: Int!) {
     id
     name
     email
-    customer { email }
+    customer { defaultEmailAddress { emailAddress } }
     shippingAddress { name }
     transactions(first: $transactionsFirst) {
       id
@@ -204,25 +207,45 @@ query BulkGiftCards {{
 }}
 """
 
+# `groupObjects: false` keeps the flat JSONL (children as rows with `__parentId`) `bulk` reads.
 BULK_OPERATION_RUN_QUERY = """
 mutation BulkOperationRunQuery($query: String!) {
-  bulkOperationRunQuery(query: $query) {
+  bulkOperationRunQuery(query: $query, groupObjects: false) {
     bulkOperation { id status }
     userErrors { field message code }
   }
 }
 """
 
-CURRENT_BULK_OPERATION = """
-query CurrentBulkOperation {
-  currentBulkOperation(type: QUERY) {
+# Since 2026-01 up to five bulk queries run at once per shop (`currentBulkOperation` is
+# deprecated): ours is followed by its id, and found among the live ones by its query text.
+BULK_OPERATION_GET = """
+query BulkOperationGet($id: ID!) {
+  bulkOperation(id: $id) {
     id
     status
     errorCode
-    query
     objectCount
     url
     partialDataUrl
+  }
+}
+"""
+
+BULK_OPERATIONS_LIVE = """
+query BulkOperationsLive($first: Int!, $query: String!) {
+  bulkOperations(first: $first, query: $query) {
+    nodes { id status query createdAt }
+  }
+}
+"""
+
+# `callbackUrl` (argument, input and field) is deprecated for `uri`.
+WEBHOOK_SUBSCRIPTIONS = """
+query WebhookSubscriptions($first: Int!, $after: String) {
+  webhookSubscriptions(first: $first, after: $after) {
+    nodes { id topic uri format }
+    pageInfo { hasNextPage endCursor }
   }
 }
 """
@@ -233,9 +256,25 @@ mutation WebhookSubscriptionCreate(
   $webhookSubscription: WebhookSubscriptionInput!
 ) {
   webhookSubscriptionCreate(topic: $topic, webhookSubscription: $webhookSubscription) {
-    webhookSubscription { id }
+    webhookSubscription { id topic uri format }
     userErrors { field message }
   }
+}
+"""
+
+WEBHOOK_SUBSCRIPTION_DELETE = """
+mutation WebhookSubscriptionDelete($id: ID!) {
+  webhookSubscriptionDelete(id: $id) {
+    deletedWebhookSubscriptionId
+    userErrors { field message }
+  }
+}
+"""
+
+# The cheapest authenticated read: proves the token works and which version answers.
+SHOP_CHECK = """
+query ShopCheck {
+  shop { id }
 }
 """
 
@@ -254,8 +293,12 @@ ALL_OPERATIONS: dict[str, str] = {
     "OrderGet": ORDER_GET,
     "BulkGiftCards": BULK_GIFT_CARDS_QUERY,
     "BulkOperationRunQuery": BULK_OPERATION_RUN_QUERY,
-    "CurrentBulkOperation": CURRENT_BULK_OPERATION,
+    "BulkOperationGet": BULK_OPERATION_GET,
+    "BulkOperationsLive": BULK_OPERATIONS_LIVE,
+    "WebhookSubscriptions": WEBHOOK_SUBSCRIPTIONS,
     "WebhookSubscriptionCreate": WEBHOOK_SUBSCRIPTION_CREATE,
+    "WebhookSubscriptionDelete": WEBHOOK_SUBSCRIPTION_DELETE,
+    "ShopCheck": SHOP_CHECK,
 }
 """Operation name -> document. The client sends nothing else (the schema test checks both)."""
 

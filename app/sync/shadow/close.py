@@ -22,7 +22,7 @@ import app.sync.shadow.lifecycle as lifecycle
 import app.sync.shadow.vii_hold as vii_hold
 from app.clients.errors import UpstreamError
 from app.clients.shopify import ShopifyGiftCard
-from app.db import records
+from app.db import findings
 from app.db import shadow_cards as rows
 from app.db.sql import sql
 from app.logging import get_logger
@@ -146,7 +146,7 @@ async def _capture_spent(deps: ShadowDeps, session: AsyncSession, row: Any, due:
     if due < 0:
         # Refunded onto the card after part was captured at a re-hold: Vii has no credit.
         async with session.begin():
-            await records.open_finding(
+            await findings.open_finding(
                 session,
                 finding_type="refund_needs_staff",
                 subject=f"shadow:{row.id}:over-captured",
@@ -158,7 +158,7 @@ async def _capture_spent(deps: ShadowDeps, session: AsyncSession, row: Any, due:
         await vii_hold.capture(deps, session, row, due, why=f"close:{row.state}")
     except vii_hold.CaptureRefused as refused:
         async with session.begin():
-            await records.open_finding(
+            await findings.open_finding(
                 session,
                 finding_type="unrepairable",
                 subject=f"shadow:{row.id}:capture-refused",

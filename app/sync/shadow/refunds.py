@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import records
+from app.db import findings, records
 from app.db.sql import sql
 from app.logging import get_logger
 from app.money import format_minor, to_minor
@@ -60,7 +60,7 @@ async def refund_findings(session: AsyncSession, row: Any) -> None:
         covered -= taken
         if amount > taken:
             subject = note.idempotency_key.removesuffix(":refund")
-            opened = await records.open_finding(
+            opened = await findings.open_finding(
                 session,
                 finding_type="refund_needs_staff",
                 subject=subject,
