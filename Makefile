@@ -34,6 +34,10 @@ test-python: $(STAMP)
 test-js: $(NODE_STAMP)
 	npm --prefix shopify test
 
+## The money conservation state machine with many examples (CI runs 100).
+conservation: $(STAMP)
+	CONSERVATION_EXAMPLES=1000 $(BIN)/python -m pytest tests/test_money_conservation.py -p no:cacheprovider -q
+
 ## Mutation testing of the pure money rules; lists the mutants the tests let live.
 mutation: $(STAMP)
 	rm -rf mutants

@@ -7,13 +7,14 @@ import signal
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from app import cli_pos, cli_setup
+from app import cli_pos, cli_setup, cli_shopify  # noqa: F401 - cli_shopify adds to `shopify`
 from app.cli_common import console, settings_or_exit
+from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.sync.lookup import CardDetail
@@ -115,6 +116,9 @@ def backfill(
     from app.sync.runs import DirectionDisabled, NoPos
 
     settings = settings_or_exit()
+    if settings.sandbox_enabled:
+        _in_service(settings, "/internal/backfill", {"direction": direction.value})
+        return
 
     async def main() -> None:
         runtime = await build_runtime(settings)
@@ -144,6 +148,9 @@ def reconcile(
     from app.runtime import build_runtime
 
     settings = settings_or_exit()
+    if settings.sandbox_enabled:
+        _in_service(settings, "/internal/reconcile", {"dryRun": dry_run})
+        return
 
     async def main() -> None:
         runtime = await build_runtime(settings)
@@ -157,6 +164,19 @@ def reconcile(
     except RuntimeError as exc:
         console.print(f"[bold red]cannot reconcile[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def _in_service(settings: Settings, path: str, body: dict[str, Any]) -> None:
+    """Sandbox mode: the run happens in the running service, whose simulators hold the data."""
+    from app.cli_service import NoService, run_in_service
+
+    try:
+        view = asyncio.run(run_in_service(settings, path, body, console))
+    except NoService as exc:
+        console.print(f"[bold red]cannot run here[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if view["status"] == "failed":
+        raise typer.Exit(1)
 
 
 cli.command()(cli_setup.keys)

@@ -15,11 +15,12 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import wiring
-from app.clients.factory import Clients, build_clients
+from app.clients.factory import Clients, build_clients, token_store
 from app.clients.shopify import ShopifyClient
+from app.clients.shopify.health import ShopifyHealth
 from app.db.engine import SessionFactory, create_engine, resolve_database_url, session_factory
 from app.db.migrate import upgrade_to_head
-from app.db.tokens import DbTokenStore, TokenSet
+from app.db.tokens import TokenSet
 from app.logging import get_logger
 from app.sandbox.runner import (
     Sandbox,
@@ -88,6 +89,7 @@ class Runtime:
     backfill: Backfill | None = None
     inbox: Inbox | None = None
     clients: Clients | None = None
+    shopify_health: ShopifyHealth | None = None
     sandbox: Sandbox | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -156,6 +158,8 @@ def assemble(
         clients=clients,
         sandbox=sandbox,
     )
+    if clients.shopify is not None:
+        runtime.shopify_health = ShopifyHealth.for_settings(clients.shopify, settings)
     if clients.vii is not None and clients.shopify is not None:
         runtime.shadow = shadow.ShadowDeps.build(
             sessions, CardGate(engine), settings, clients.vii, clients.shopify
@@ -190,7 +194,7 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
     sessions = session_factory(engine)
     if sandbox is not None and settings.lightspeed_refresh_token is not None:
         # A fresh simulator knows only the refresh token it just issued.
-        await DbTokenStore(sessions).save(
+        await token_store(settings, sessions, "lightspeed").save(
             TokenSet(None, settings.lightspeed_refresh_token.get_secret_value(), None)
         )
     runtime = assemble(

@@ -545,6 +545,8 @@ async def run(args: argparse.Namespace) -> None:
         **os.environ,
         "DATABASE_URL": db_url,
         "SANDBOX": "false",
+        # The bench measures the checkout, not who may call it (session tokens are tested).
+        "CHECKOUT_AUTH": "open",
         "POS_KIND": "none",
         "VII_BASE_URL": f"http://127.0.0.1:{vii_port}/",
         "VII_USERNAME": DEMO_USERNAME,

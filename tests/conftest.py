@@ -24,6 +24,9 @@ from app.runtime import Runtime, install_features
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+# Rich sizes the CLI's consoles when they are made, from COLUMNS (80 without a terminal, as
+# under xdist): wide enough that no table cell the tests read is cut.
+os.environ["COLUMNS"] = "200"
 PIN_KEY_HEX = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 
 

@@ -156,9 +156,16 @@ async def overview(runtime: Any) -> Overview:
         last_reconcile=reconcile[0] if reconcile else None,
         last_backfill=backfill[0] if backfill else None,
         api_version=settings.shopify_api_version,
-        # Set by the Shopify client when it reads an answer's X-Shopify-API-Version, if it does.
-        api_version_answered=getattr(shopify, "answered_api_version", None),
+        # What the last answer's X-Shopify-API-Version said (None before the first call).
+        api_version_answered=shopify.answered_version if shopify is not None else None,
         tokens=_token_health(list(tokens), settings),
-        # The same checks as /readyz, the POS set-up included (cached by its provider).
-        ready=await readiness(runtime, extra=lambda: pos_setup_checks(settings, pos_client)),
+        ready=await readiness(runtime, extra=lambda: _upstream_checks(runtime, pos_client)),
     )
+
+
+async def _upstream_checks(runtime: Any, pos_client: Any) -> dict[str, Any]:
+    """The same read-backs as /readyz: the POS set-up and Shopify (each cached a minute)."""
+    checks = dict(await pos_setup_checks(runtime.settings, pos_client))
+    if runtime.shopify_health is not None:
+        checks.update(await runtime.shopify_health.checks())
+    return checks

@@ -26,9 +26,15 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     runtime = request.app.state.runtime
     pos_client = runtime.clients.pos if runtime.clients is not None else None
-    report: dict[str, Any] = await readiness(
-        runtime, extra=lambda: pos_setup_checks(runtime.settings, pos_client)
-    )
+
+    async def upstream_checks() -> dict[str, Any]:
+        """Read back from the upstreams themselves (each provider caches about a minute)."""
+        checks = dict(await pos_setup_checks(runtime.settings, pos_client))
+        if runtime.shopify_health is not None:
+            checks.update(await runtime.shopify_health.checks())
+        return checks
+
+    report: dict[str, Any] = await readiness(runtime, extra=upstream_checks)
     return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
 
 

@@ -283,9 +283,10 @@ async def test_worker_killed_mid_backfill_to_pos_gives_every_card_one_pos_twin(
     for n in range(12):
         balance = Decimal(f"{20 + n}.{(11 * n) % 100:02d}")
         online[await sims.sell_online(str(balance))] = balance
-    # A card costs Lightspeed a search by code (one a second, whatever the bucket) and a
-    # create: the pass takes over ten seconds, and checkpoints (every 5 s) on the way.
-    await sims.set_faults("lightspeed", latency_ms=500)
+    # A fresh card costs Lightspeed two writes (the account, the loading sale) and no look-up:
+    # at 3 s each, 12 cards in two rounds of eight take over ten seconds, and the pass
+    # checkpoints (every 5 s) on the way.
+    await sims.set_faults("lightspeed", latency_ms=3000)
 
     async def linked_online() -> int:
         async with engine.connect() as connection:

@@ -44,31 +44,40 @@ def _retry_after(oldest: datetime | None, now: datetime) -> int:
 
 
 async def begin(session: AsyncSession, vii_hash: str, vii_last4: str, client: str) -> Attempt:
-    """Refuse a card or client over its limits, else count this attempt as a failure for now."""
+    """`reserve` in a transaction of its own."""
     async with session.begin():
-        seen = await pin_attempts.counts(
-            session, vii_hash, client, short=SHORT_WINDOW, day=DAY_WINDOW
+        return await reserve(session, vii_hash, vii_last4, client)
+
+
+async def reserve(session: AsyncSession, vii_hash: str, vii_last4: str, client: str) -> Attempt:
+    """In the caller's transaction: refuse a card or client over its limits, else count this
+    attempt as a failure for now (`forget` it once the secret proved right)."""
+    seen = await pin_attempts.counts(session, vii_hash, client, short=SHORT_WINDOW, day=DAY_WINDOW)
+    if seen.locked or seen.card_day >= CARD_DAY_LIMIT:
+        raise CardLocked("This card is locked after too many wrong PINs; ask the shop.")
+    if seen.card_short >= CARD_SHORT_LIMIT:
+        raise TooManyAttempts(
+            "Too many wrong PINs for this card; try again later.",
+            retry_after=_retry_after(seen.card_short_oldest, seen.now),
         )
-        if seen.locked or seen.card_day >= CARD_DAY_LIMIT:
-            raise CardLocked("This card is locked after too many wrong PINs; ask the shop.")
-        if seen.card_short >= CARD_SHORT_LIMIT:
-            raise TooManyAttempts(
-                "Too many wrong PINs for this card; try again later.",
-                retry_after=_retry_after(seen.card_short_oldest, seen.now),
-            )
-        if seen.client_short >= CLIENT_SHORT_LIMIT:
-            raise TooManyAttempts(
-                "Too many wrong PINs; try again later.",
-                retry_after=_retry_after(seen.client_short_oldest, seen.now),
-            )
-        attempt_id = await pin_attempts.insert_attempt(session, vii_hash, client)
+    if seen.client_short >= CLIENT_SHORT_LIMIT:
+        raise TooManyAttempts(
+            "Too many wrong PINs; try again later.",
+            retry_after=_retry_after(seen.client_short_oldest, seen.now),
+        )
+    attempt_id = await pin_attempts.insert_attempt(session, vii_hash, client)
     return Attempt(attempt_id, vii_hash, vii_last4, client)
 
 
 async def succeeded(session: AsyncSession, attempt: Attempt) -> None:
     """The secret was right, or it was never checked (the upstream failed): not a failure."""
     async with session.begin():
-        await pin_attempts.forget_attempt(session, attempt.attempt_id)
+        await forget(session, attempt)
+
+
+async def forget(session: AsyncSession, attempt: Attempt) -> None:
+    """`succeeded`, in the caller's transaction."""
+    await pin_attempts.forget_attempt(session, attempt.attempt_id)
 
 
 async def failed(session: AsyncSession, attempt: Attempt) -> None:

@@ -48,10 +48,20 @@ async def record_move(
 
 
 async def move(
-    deps: ShadowDeps, session: AsyncSession, row: Any, delta_minor: int, step: str
+    deps: ShadowDeps,
+    session: AsyncSession,
+    row: Any,
+    delta_minor: int,
+    step: str,
+    *,
+    applied_after: int | None = None,
 ) -> None:
-    """Credit (delta > 0) or debit the Shopify card and record it; commits its own record."""
+    """Credit (delta > 0) or debit the Shopify card and record it (with the amount now shown
+    as applied, when given) in one transaction."""
     if delta_minor == 0:
+        if applied_after is not None and applied_after != row.applied_amount_minor:
+            async with session.begin():
+                await rows.set_fields(session, row.id, applied_amount_minor=applied_after)
         return
     key = f"shadow:{row.id}:v{row.version}:{step}"
     amount = from_minor(abs(delta_minor))
@@ -82,6 +92,8 @@ async def move(
         ) from None
     async with session.begin():
         await record_move(session, row, delta_minor, key, "resize")
+        if applied_after is not None:
+            await rows.set_fields(session, row.id, applied_amount_minor=applied_after)
 
 
 async def confirm_pending_move(deps: ShadowDeps, session: AsyncSession, row: Any) -> Any:

@@ -61,22 +61,31 @@ async def apply(deps: ShadowDeps, request: ApplyRequest) -> ApplyResult:
     async with deps.gate.hold(vii_hash) as connection:
         session = bound_session(connection)
         with deps.shopify.wait_budget(CHECKOUT_THROTTLE_WAIT_S):
-            live = None
-            if request.checkout_token is not None:
-                async with session.begin():
+            # One transaction: the live card (if any) and, with a PIN, the attempt counted.
+            async with session.begin():
+                live = None
+                if request.checkout_token is not None:
                     live = await rows.live_for_checkout(session, request.checkout_token, vii_hash)
+                attempt = None
+                if request.pin is not None:
+                    attempt = await attempts.reserve(
+                        session, vii_hash, request.card_number[-4:], request.client
+                    )
             if live is not None:
-                return await resize(deps, session, request, live)
-            return await _apply_new(deps, session, request, vii_hash)
+                return await resize(deps, session, request, live, attempt)
+            return await _apply_new(deps, session, request, vii_hash, attempt)
 
 
 async def _apply_new(
-    deps: ShadowDeps, session: AsyncSession, request: ApplyRequest, vii_hash: str
+    deps: ShadowDeps,
+    session: AsyncSession,
+    request: ApplyRequest,
+    vii_hash: str,
+    attempt: attempts.Attempt | None,
 ) -> ApplyResult:
-    if request.pin is None:
+    if request.pin is None or attempt is None:
         raise PinRequired("The PIN is needed to apply this card.")
     vii_last4 = request.card_number[-4:]
-    attempt = await attempts.begin(session, vii_hash, vii_last4, request.client)
     try:
         balance = await deps.vii.check_balance(request.card_number, request.pin)
     except (ViiInvalidPin, ViiUnknownCard) as exc:
@@ -85,9 +94,9 @@ async def _apply_new(
     except UpstreamError as exc:
         await attempts.succeeded(session, attempt)
         raise vii_refusal(exc) from None
-    await attempts.succeeded(session, attempt)
     available = to_minor(Decimal(balance.available))
     if available <= 0:
+        await attempts.succeeded(session, attempt)
         raise CardEmpty("This gift card has no balance left.")
     plan = _Planned(
         shadow_id=uuid.uuid4(),
@@ -99,7 +108,7 @@ async def _apply_new(
         available_minor=available,
     )
     expires_at = datetime.now(UTC) + deps.settings.shadow_card_ttl
-    await _write_intent(deps, session, request, vii_hash, plan, expires_at)
+    await _write_intent(deps, session, request, vii_hash, plan, expires_at, attempt)
     try:
         return await _hold_and_create(deps, session, request, plan, expires_at)
     except BaseException:
@@ -115,10 +124,13 @@ async def _write_intent(
     vii_hash: str,
     plan: _Planned,
     expires_at: datetime,
+    attempt: attempts.Attempt,
 ) -> None:
+    """The PIN proved right (Vii said so) and the intent, in one transaction."""
     assert request.pin is not None
     shadow_id = plan.shadow_id
     async with session.begin():
+        await attempts.forget(session, attempt)
         await rows.insert_intent(
             session,
             rows.NewIntent(

@@ -14,11 +14,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.db.locks import lock_key
-from app.db.sql import sql
 from app.sync.shadow.errors import CardBusy
 
 MAX_IN_FLIGHT = 2
@@ -77,8 +77,9 @@ class CardGate:
         loop = asyncio.get_running_loop()
         while True:
             async with self.engine.connect() as connection:
-                got = await connection.scalar(sql("SELECT pg_try_advisory_lock(:k)"), {"k": key})
-                await connection.commit()
+                got = await (await _driver(connection)).fetchval(
+                    "SELECT pg_try_advisory_lock($1)", key
+                )
                 if got:
                     try:
                         yield connection
@@ -90,12 +91,18 @@ class CardGate:
             await asyncio.sleep(RETRY_POLL_SECONDS)
 
 
+async def _driver(connection: AsyncConnection) -> Any:
+    """The asyncpg connection underneath: a session lock needs no transaction, so taking and
+    giving it back is one round trip each instead of BEGIN, the statement and COMMIT."""
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
 async def _unlock(connection: AsyncConnection, key: int) -> None:
     """Release the session lock; a connection that cannot is dropped (closing frees the lock)."""
     try:
         await connection.rollback()
-        await connection.execute(sql("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        await connection.commit()
+        await (await _driver(connection)).fetchval("SELECT pg_advisory_unlock($1)", key)
     except BaseException:
         await connection.invalidate()
         raise

@@ -38,9 +38,13 @@ from app.sync.shadow.secrets import new_apply_token
 
 
 async def resize(
-    deps: ShadowDeps, session: AsyncSession, request: ApplyRequest, live: Any
+    deps: ShadowDeps,
+    session: AsyncSession,
+    request: ApplyRequest,
+    live: Any,
+    attempt: attempts.Attempt | None,
 ) -> ApplyResult:
-    apply_token = await _prove(deps, session, request, live)
+    apply_token = await _prove(deps, session, request, live, attempt)
     try:
         return await _resize_proved(deps, session, request, live, apply_token)
     except card_moves.MoveNotConfirmed:
@@ -69,40 +73,44 @@ async def _resize_proved(
             raise PinRequired("The cart grew beyond the amount held; the PIN is needed.")
         return await _rehold(deps, session, request, live, balance, apply_token)
     new_balance = plan.new_balance
-    await card_moves.move(deps, session, live, new_balance - balance, "apply")
-    async with session.begin():
-        await rows.set_fields(session, live.id, applied_amount_minor=new_balance)
+    await card_moves.move(
+        deps, session, live, new_balance - balance, "apply", applied_after=new_balance
+    )
     return _answer(
         deps, live, new_balance, live.vii_balance_minor, live.hold_amount_minor, apply_token
     )
 
 
-async def _prove(deps: ShadowDeps, session: AsyncSession, request: ApplyRequest, live: Any) -> str:
-    """The PIN or the apply token, checked as a counted attempt; the token to answer with."""
-    if request.pin is None and request.apply_token is None:
-        raise PinRequired("The PIN or the apply token is needed to change this card.")
-    attempt = await attempts.begin(session, live.vii_card_hash, live.vii_last4, request.client)
-    if request.pin is not None:
+async def _prove(
+    deps: ShadowDeps,
+    session: AsyncSession,
+    request: ApplyRequest,
+    live: Any,
+    attempt: attempts.Attempt | None,
+) -> str:
+    """The PIN (a counted attempt) or the apply token; the token to answer with.
+
+    A wrong apply token is refused but not counted: it is 192 random bits, nothing to guess,
+    and the PIN limits exist for what can be guessed.
+    """
+    if request.pin is not None and attempt is not None:
         stored = deps.secrets.open_pin(live.id, live.pin_ciphertext)
-        proved = constant_time_equal(stored, request.pin)
-    else:
-        assert request.apply_token is not None
-        proved = deps.secrets.apply_token_matches(
-            live.id, live.apply_token_hash, request.apply_token
-        )
-    if not proved:
-        await attempts.failed(session, attempt)
+        if not constant_time_equal(stored, request.pin):
+            await attempts.failed(session, attempt)
+            raise InvalidCardOrPin(WRONG_CARD_OR_PIN)
+        # Proved by PIN: the caller may have lost its token, so it gets a fresh one.
+        token = new_apply_token()
+        async with session.begin():
+            await attempts.forget(session, attempt)
+            await rows.set_fields(
+                session, live.id, apply_token_hash=deps.secrets.apply_token_hash(live.id, token)
+            )
+        return token
+    if request.apply_token is None:
+        raise PinRequired("The PIN or the apply token is needed to change this card.")
+    if not deps.secrets.apply_token_matches(live.id, live.apply_token_hash, request.apply_token):
         raise InvalidCardOrPin(WRONG_CARD_OR_PIN)
-    await attempts.succeeded(session, attempt)
-    if request.apply_token is not None and request.pin is None:
-        return request.apply_token
-    # Proved by PIN: the caller may have lost its token, so it gets a fresh one.
-    token = new_apply_token()
-    async with session.begin():
-        await rows.set_fields(
-            session, live.id, apply_token_hash=deps.secrets.apply_token_hash(live.id, token)
-        )
-    return token
+    return request.apply_token
 
 
 async def _rehold(
@@ -134,9 +142,7 @@ async def _rehold(
             await lifecycle.request_close(session, live.id, "released")
         raise CardEmpty("This gift card has no balance left.")
     live = await _hold_again(deps, session, request, live.id, new_hold, available)
-    await card_moves.move(deps, session, live, new_hold, "rehold-fill")
-    async with session.begin():
-        await rows.set_fields(session, live.id, applied_amount_minor=new_hold)
+    await card_moves.move(deps, session, live, new_hold, "rehold-fill", applied_after=new_hold)
     return _answer(deps, live, new_hold, available, new_hold, apply_token)
 
 
