@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.console import install_console
 from app.logging import configure_logging, get_logger
+from app.merchant_settings import apply_stored, keep_fresh
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
 from app.response_headers import ResponseHeadersMiddleware
-from app.routers import checkout, demo, health, internal, webhooks
+from app.routers import checkout, demo, health, internal, internal_lists, webhooks
+from app.routers.docs import install_docs
 from app.routers.operator_auth import AuditMiddleware
 from app.runtime import Runtime, build_runtime
 from app.settings import load_settings
@@ -38,6 +42,11 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         settings = load_settings()
         configure_logging(settings.log_level, json=settings.log_json)
         owned = await build_runtime(settings)
+        # Settings saved in the console outrank the environment, here and in every process.
+        await apply_stored(owned, owned.sessions)
+        refresher = asyncio.create_task(
+            keep_fresh(owned, owned.sessions, owned.settings.poll_interval), name="settings"
+        )
         app.state.runtime = owned
         if run_worker:
             await owned.start_worker()
@@ -52,6 +61,7 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         try:
             yield
         finally:
+            refresher.cancel()
             await owned.close()
 
     app = FastAPI(
@@ -59,6 +69,9 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         version="0.1.0",
         summary="One gift card, spendable in Shopify, Lightspeed and Vii.",
         lifespan=lifespan,
+        # Served by app/routers/docs.py from local files: no CDN (issue 17).
+        docs_url=None,
+        redoc_url=None,
     )
     if runtime is not None:
         app.state.runtime = runtime
@@ -70,7 +83,12 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     app.include_router(webhooks.router)
     app.include_router(checkout.router)
     app.include_router(demo.router)
+    # Its GET /internal/jobs (explicit state) replaces internal.py's until that one is deleted.
+    internal_lists.take_over_from(internal.router)
     app.include_router(internal.router)
+    app.include_router(internal_lists.router)
+    install_docs(app)
+    install_console(app)
     demo.mount_static(app)
     return app
 

@@ -326,6 +326,9 @@ class Finding(Base):
     evidence: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = _created()
     resolved_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    """The operator who resolved it by hand; None when a later run saw it fixed."""
+    resolution_note: Mapped[str | None] = mapped_column(Text)
 
 
 class PosCardBalance(Base):
@@ -423,3 +426,48 @@ class AuthFailure(Base):
     address: Mapped[str] = mapped_column(String(64))
     scope: Mapped[str] = mapped_column(String(16))
     failed_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class ConsoleSession(Base):
+    """A signed-in console browser; the cookie holds the id, only its hash is kept here."""
+
+    __tablename__ = "console_sessions"
+    __table_args__ = (Index("ix_console_sessions_last_seen_at", "last_seen_at"),)
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operator: Mapped[str] = mapped_column(String(64))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime | None] = mapped_column(server_default=func.now())
+    last_seen_at: Mapped[datetime] = _created()
+
+
+class MerchantSetting(Base):
+    """A merchant setting of DESIGN 1.A saved in the console; it outranks the environment."""
+
+    __tablename__ = "merchant_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = _created()
+
+
+class AlertState(Base):
+    """When the last alert digest left (one row per digest kind), shared by every worker."""
+
+    __tablename__ = "alert_state"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    last_sent_at: Mapped[datetime | None]
+
+
+class AlertSent(Base):
+    """What a digest already told: a finding once, a dead job once per death (`marker`)."""
+
+    __tablename__ = "alerts_sent"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    item_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    marker: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sent_at: Mapped[datetime] = _created()

@@ -23,13 +23,7 @@ _DEMO_PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <title>giftsync checkout demo</title>
-<style>
-  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
-  fieldset { margin-bottom: 1.5rem; }
-  .giftsync label { display: block; margin: 0.5rem 0; }
-  .giftsync-error { color: #b00020; }
-  .note { color: #555; }
-</style>
+<link rel="stylesheet" href="/static/demo-checkout.css">
 </head>
 <body>
 <h1>giftsync checkout demo</h1>

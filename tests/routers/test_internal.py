@@ -22,7 +22,7 @@ FULL_VII_NUMBER = "6280001234567890"
 FULL_SHOPIFY_CODE = "ABCD1234EFGH5678"
 
 ROUTES = [
-    ("GET", "/internal/jobs"),
+    ("GET", "/internal/jobs?state=dead"),
     ("GET", "/internal/jobs?state=queued"),
     ("POST", "/internal/jobs/1/retry"),
     ("GET", "/internal/cards/00000000-0000-4000-8000-000000000001"),
@@ -112,7 +112,7 @@ async def test_comparison_uses_compare_digest(
         return real(left, right)
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    assert (await api.get("/internal/jobs", headers=AUTH)).status_code == 200
+    assert (await api.get("/internal/jobs?state=dead", headers=AUTH)).status_code == 200
     assert calls == [(ADMIN_TOKEN.encode(), ADMIN_TOKEN.encode())]
 
 
@@ -124,7 +124,7 @@ async def test_list_dead_jobs_newest_first_without_payloads(
     await _job(sessions, "k-done", "done", attempts=1)
     newer = await _job(sessions, "k-new", "dead", attempts=3, error="rejected")
 
-    response = await api.get("/internal/jobs", headers=AUTH)
+    response = await api.get("/internal/jobs?state=dead", headers=AUTH)
 
     assert response.status_code == 200
     jobs = response.json()["jobs"]
@@ -163,7 +163,10 @@ async def test_list_jobs_by_state_and_limit(
     assert len(queued) == 100
     assert {job["state"] for job in queued} == {"queued"}
     assert queued[0]["idempotencyKey"] == "q-104"
-    assert (await api.get("/internal/jobs?state=running", headers=AUTH)).json() == {"jobs": []}
+    assert (await api.get("/internal/jobs?state=running", headers=AUTH)).json() == {
+        "jobs": [],
+        "nextBefore": None,
+    }
 
 
 async def test_list_jobs_rejects_unknown_state(api: httpx.AsyncClient) -> None:
@@ -191,7 +194,7 @@ async def test_retry_moves_dead_to_queued_with_fresh_attempts(
     assert row.state == "queued"
     assert row.attempts == 0
     assert row.finished_at is None
-    dead = (await api.get("/internal/jobs", headers=AUTH)).json()["jobs"]
+    dead = (await api.get("/internal/jobs?state=dead", headers=AUTH)).json()["jobs"]
     assert dead == []
 
 
