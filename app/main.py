@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +10,6 @@ from fastapi import FastAPI
 
 from app.console import install_console
 from app.logging import configure_logging, get_logger
-from app.merchant_settings import apply_stored, keep_fresh
 from app.middleware import RequestContextMiddleware
 from app.problems import install_problem_handlers
 from app.response_headers import ResponseHeadersMiddleware
@@ -42,11 +40,6 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         settings = load_settings()
         configure_logging(settings.log_level, json=settings.log_json)
         owned = await build_runtime(settings)
-        # Settings saved in the console outrank the environment, here and in every process.
-        await apply_stored(owned, owned.sessions)
-        refresher = asyncio.create_task(
-            keep_fresh(owned, owned.sessions, owned.settings.poll_interval), name="settings"
-        )
         app.state.runtime = owned
         if run_worker:
             await owned.start_worker()
@@ -61,7 +54,6 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
         try:
             yield
         finally:
-            refresher.cancel()
             await owned.close()
 
     app = FastAPI(
@@ -84,7 +76,6 @@ def create_app(runtime: Runtime | None = None, *, run_worker: bool | None = None
     app.include_router(checkout.router)
     app.include_router(demo.router)
     # Its GET /internal/jobs (explicit state) replaces internal.py's until that one is deleted.
-    internal_lists.take_over_from(internal.router)
     app.include_router(internal.router)
     app.include_router(internal_lists.router)
     install_docs(app)

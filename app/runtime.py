@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import wiring
+from app.alerts import Alerts
 from app.clients.factory import Clients, build_clients, token_store
 from app.clients.shopify import ShopifyClient
 from app.clients.shopify.health import ShopifyHealth
@@ -22,6 +23,7 @@ from app.db.engine import SessionFactory, create_engine, resolve_database_url, s
 from app.db.migrate import upgrade_to_head
 from app.db.tokens import TokenSet
 from app.logging import get_logger
+from app.merchant_settings import apply_stored, keep_fresh
 from app.sandbox.runner import (
     Sandbox,
     point_settings_at,
@@ -88,11 +90,14 @@ class Runtime:
     reconciler: Reconciler | None = None
     backfill: Backfill | None = None
     inbox: Inbox | None = None
+    alerts: Alerts | None = None
     clients: Clients | None = None
     shopify_health: ShopifyHealth | None = None
     sandbox: Sandbox | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _background: list[asyncio.Task[Any]] = field(default_factory=list)
+    """Loops that end only when cancelled (the settings refresher)."""
 
     def rebind(self) -> None:
         """Point every topic, job kind and schedule at the flows now held (app/wiring.py)."""
@@ -109,6 +114,8 @@ class Runtime:
 
     async def close(self) -> None:
         self._stop.set()
+        for task in self._background:
+            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.clients is not None:
@@ -128,6 +135,9 @@ def install_features(runtime: Runtime) -> None:
     )
     runtime.backfill = (
         Backfill(runtime.sessions, runtime.settings, omni, shopify) if omni and shopify else None
+    )
+    runtime.alerts = (
+        Alerts(runtime.sessions, runtime.settings) if runtime.settings.alert_webhook_url else None
     )
     runtime.rebind()
 
@@ -199,6 +209,13 @@ async def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         )
     runtime = assemble(
         settings, database_url, engine, sessions, build_clients(settings, sessions), sandbox
+    )
+    # Settings saved in the console outrank the environment, here and in every process.
+    await apply_stored(runtime, sessions)
+    runtime._background.append(
+        asyncio.create_task(
+            keep_fresh(runtime, sessions, runtime.settings.poll_interval), name="settings"
+        )
     )
     if sandbox is not None and sandbox.state_path is not None:
         runtime._tasks.append(

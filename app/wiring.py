@@ -15,6 +15,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
+from app.alerts import Alerts
 from app.settings import Settings
 from app.sync import inbox, runs
 from app.sync.backfill import Backfill
@@ -111,6 +112,11 @@ SCHEDULES: tuple[Every, ...] = (
         PERIODIC_NAME,
         _reconcile_look,
         On("reconciler", Reconciler.schedule, "start a reconcile when one is due"),
+    ),
+    Every(
+        "alert-digest",
+        lambda s: min(s.alert_interval, timedelta(minutes=1)),
+        On("alerts", Alerts.run, "post new findings and dead jobs, one digest per ALERT_INTERVAL"),
     ),
 )
 

@@ -1557,15 +1557,22 @@ class ConservationMachine(RuleBasedStateMachine):
                 )
         doubled = {key: n for key, n in tagged.items() if n > 1}
         assert not doubled, f"Shopify moves applied more than once: {doubled}"
-        # Lightspeed: every balance move is a sale payment carrying the key as its reference.
+
+        # Lightspeed: every balance move is a sale whose referenceNumber carries the key
+        # (sale.md: settable at creation); its gift card payment moves the card.
+        def reference(payment: Any) -> str:
+            if payment.credit_account_id in ("", "0"):
+                return ""  # the balancing payment of the same sale
+            return str(world.ls_sim.sales[payment.sale_id].reference_number or "")
+
         references: Counter[str] = Counter()
         for payment in world.ls_sim.payments.values():
-            if payment.remote_reference:
-                references[payment.remote_reference] += 1
+            if reference(payment):
+                references[reference(payment)] += 1
         doubled = {ref: n for ref, n in references.items() if n > 1}
         assert not doubled, f"Lightspeed moves applied more than once: {doubled}"
         for payment in world.ls_sim.payments.values():
-            ref = payment.remote_reference
+            ref = reference(payment)
             if not ref:
                 continue
             if ref.startswith("export:shopify:") and ref.endswith(":load"):
@@ -1597,8 +1604,8 @@ class ConservationMachine(RuleBasedStateMachine):
                     p
                     for p in world.ls_sim.payments.values()
                     if p.credit_account_id == account
-                    and p.remote_reference.startswith("export:shopify:")
-                    and p.remote_reference.endswith(":load")
+                    and reference(p).startswith("export:shopify:")
+                    and reference(p).endswith(":load")
                 ]
                 assert [-minor(p.amount) for p in loads] == [entry.amount_minor], (key, loads)
         # Cards giftsync created in Shopify: one per cause, at the value its ledger says.

@@ -16,8 +16,6 @@ from app.routers.internal_schemas import (
     CardAnswer,
     CardLookupAnswer,
     CardMatchAnswer,
-    JobAnswer,
-    JobListAnswer,
     LockoutClearAnswer,
     LockoutClearBody,
     ReconcileBody,
@@ -27,7 +25,6 @@ from app.routers.internal_schemas import (
 )
 from app.routers.operator_auth import require_operator
 from app.sync import lookup, runs, shadow
-from app.sync.lookup import JobState
 
 router = APIRouter(
     prefix="/internal",
@@ -47,12 +44,6 @@ def _wake_worker(request: Request) -> None:
     worker = request.app.state.runtime.worker
     if worker is not None:
         worker.wake()
-
-
-@router.get("/jobs", response_model=JobListAnswer, responses={422: _INVALID})
-async def list_jobs(request: Request, state: JobState = "dead") -> JobListAnswer:
-    jobs = await lookup.list_jobs(request.app.state.runtime.sessions, state)
-    return JobListAnswer(jobs=[JobAnswer.of(job) for job in jobs])
 
 
 @router.post(

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 from app import findings as finding_actions
@@ -286,20 +285,3 @@ async def retry_finding(
     if runtime.worker is not None:
         runtime.worker.wake()
     return RunStarted(runId=run_id)
-
-
-def take_over_from(other: APIRouter) -> None:
-    """Remove from `other` the routes this router answers (same path and method).
-
-    `app/routers/internal.py` has its own `GET /internal/jobs`, defaulting to dead jobs; until
-    it is deleted there, the app is built without it, so the route that answers is the one the
-    schema shows.
-    """
-
-    def keys(route: APIRoute) -> set[tuple[str, str]]:
-        return {(route.path, method) for method in route.methods or ()}
-
-    ours = set().union(*(keys(r) for r in router.routes if isinstance(r, APIRoute)))
-    other.routes[:] = [
-        route for route in other.routes if not (isinstance(route, APIRoute) and keys(route) & ours)
-    ]

@@ -24,7 +24,7 @@ from app.sandbox.vii import DEMO_PASSWORD, DEMO_STORE_ID, DEMO_USERNAME, ViiSimu
 from app.sync.shadow import ShadowDeps
 from app.sync.shadow.gate import CardGate
 from tests.conservation_support import LossyTransport, shopify_write, vii_write
-from tests.sync.shadow.conftest import CARD, PIN, START, Shop
+from tests.shop import CARD, PIN, START, Shop
 
 
 class LossyShop(Shop):
