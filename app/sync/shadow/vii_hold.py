@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.clients.errors import UnknownOutcome, UpstreamRejected
+from app.clients.errors import UnknownOutcome, UpstreamError, UpstreamRejected
 from app.clients.vii import ViiHoldNotFound, ViiInsufficientFunds
 from app.db import jobs, records
 from app.db import shadow_cards as rows
@@ -23,6 +23,7 @@ from app.db.sql import sql
 from app.logging import get_logger
 from app.money import from_minor
 from app.sync.shadow.deps import ShadowDeps
+from app.worker import RetryLater
 
 log = get_logger(__name__)
 
@@ -44,13 +45,14 @@ async def capture(
     """Take `amount_minor` from the card's hold (or, if the hold is gone, from the card)."""
     if amount_minor <= 0:
         return
-    if await _undo_pending(session, row.id):
-        await _fire_undos(session, row.id)
-        raise CaptureUnconfirmed("an earlier capture is still being undone")
     card_number = deps.secrets.open_number(row.id, row.card_number_ciphertext)
     pin = deps.secrets.open_pin(row.id, row.pin_ciphertext)
     hold_code: str | None = row.hold_code
+    lost_answers = 0
     while True:
+        # An earlier capture whose answer was lost is undone here, right before the next one,
+        # so what Shopify spent is free on the Vii card for as short a time as possible.
+        await _undo_now(deps, session, row.id, card_number)
         tran_id = deps.vii.new_tran_id()
         async with session.begin():
             await _arm_undo(deps, session, row.id, tran_id, card_number)
@@ -64,6 +66,9 @@ async def capture(
                 tran_id=tran_id,
             )
         except UnknownOutcome:
+            lost_answers += 1
+            if lost_answers < 2:
+                continue  # undone at the top of the loop, then captured again
             await _fire_undos(session, row.id)
             raise CaptureUnconfirmed("Vii did not answer a capture; undoing it first") from None
         except UpstreamRejected as exc:
@@ -114,9 +119,66 @@ async def release_hold(deps: ShadowDeps, session: AsyncSession, row: Any) -> Non
 
 
 async def undo_job(deps: ShadowDeps, payload: dict[str, Any]) -> None:
-    """Job: reverse a Vii transaction whose answer was lost (retried until acknowledged)."""
+    """Job: reverse a Vii transaction whose answer was lost (retried until acknowledged).
+
+    The card's close (which captures again) is then made due at once: between the two, what
+    Shopify spent is free on the Vii card.
+    """
+    close_key = f"shadow:{payload['shadow_id']}:close"
+    async with deps.sessions() as session:
+        close_pending = await session.scalar(
+            sql(
+                "SELECT 1 FROM jobs WHERE idempotency_key = :key AND state IN ('queued', 'running')"
+            ),
+            {"key": close_key},
+        )
+    if close_pending:
+        # The close undoes it itself, right before it captures again: no gap in between.
+        raise RetryLater("the card's close undoes this capture itself", timedelta(seconds=5))
     card_number = deps.secrets.box.open(bytes.fromhex(payload["card_sealed"]), "job:card")
     await deps.vii.undo(card_number, payload["tran_id"])
+    async with deps.sessions() as session, session.begin():
+        await session.execute(
+            sql(
+                "UPDATE jobs SET run_at = now() WHERE idempotency_key = :key "
+                "AND state = 'queued' AND run_at > now()"
+            ),
+            {"key": close_key},
+        )
+
+
+async def _undo_now(
+    deps: ShadowDeps, session: AsyncSession, shadow_id: Any, card_number: str
+) -> None:
+    """Undo, here and now, every armed Undo of this card; `CaptureUnconfirmed` if Vii cannot.
+
+    Safe while the Undo's own job is claimed elsewhere: that job never calls Vii while the
+    card's close is pending (`undo_job`), and an Undo sent twice finds nothing to reverse.
+    """
+    async with session.begin():
+        armed = (
+            await session.execute(
+                sql(
+                    "SELECT payload->>'tran_id' AS tran_id FROM jobs WHERE kind = :kind "
+                    "AND payload->>'shadow_id' = :id AND state <> 'done' ORDER BY id"
+                ),
+                {"kind": UNDO_JOB, "id": str(shadow_id)},
+            )
+        ).all()
+    for undo in armed:
+        try:
+            await deps.vii.undo(card_number, undo.tran_id)
+        except UpstreamError:
+            await _fire_undos(session, shadow_id)
+            raise CaptureUnconfirmed("an earlier capture could not be undone yet") from None
+        async with session.begin():
+            await session.execute(
+                sql(
+                    "UPDATE jobs SET state = 'done', finished_at = now() "
+                    "WHERE idempotency_key = :key AND state IN ('queued', 'running')"
+                ),
+                {"key": f"vii:undo:{undo.tran_id}"},
+            )
 
 
 async def _arm_undo(
@@ -134,18 +196,6 @@ async def _arm_undo(
         f"vii:undo:{tran_id}",
         run_at=datetime.now(UTC) + UNDO_ARMED_FOR,
     )
-
-
-async def _undo_pending(session: AsyncSession, shadow_id: Any) -> bool:
-    async with session.begin():
-        pending = await session.scalar(
-            sql(
-                "SELECT count(*) FROM jobs WHERE kind = :kind "
-                "AND payload->>'shadow_id' = :id AND state <> 'done'"
-            ),
-            {"kind": UNDO_JOB, "id": str(shadow_id)},
-        )
-    return bool(pending)
 
 
 async def _fire_undos(session: AsyncSession, shadow_id: Any) -> None:
