@@ -159,3 +159,62 @@ async def test_problem_detail_is_shown_for_a_wrong_pin(live: LiveCheckout, page:
     await expect(page.locator(".giftsync-summary")).to_be_hidden()
     await expect(page.locator("#applied-code")).to_have_text("None")
     assert await _storage(page) == {}
+
+
+@pytest.fixture
+async def pages_origin(runtime: Runtime) -> AsyncIterator[str]:
+    """A second origin serving the same demo page: its script calls giftsync cross-origin."""
+    app = create_app(runtime, run_worker=False)
+    async for other in _serve(app, ViiSimulator(), ShopifySimulator()):
+        yield other.base_url
+
+
+async def _apply_from_another_origin(
+    page: Page, live: LiveCheckout, pages_origin: str, pin: str
+) -> None:
+    await page.goto(f"{pages_origin}/demo/checkout?api={live.base_url}")
+    await page.fill("#cart-total", "30.00")
+    await page.fill("input[name=viiCardNumber]", CARD)
+    await page.fill("input[name=viiCardPin]", pin)
+    await page.click("button.giftsync-apply")
+
+
+async def test_from_another_origin_cors_lets_the_checkout_apply(
+    live: LiveCheckout, pages_origin: str, page: Page
+) -> None:
+    assert pages_origin != live.base_url
+    answers: list[dict[str, str]] = []
+    page.on(
+        "response",
+        lambda r: answers.append(r.headers) if r.url == f"{live.base_url}/check-balance" else None,
+    )
+    await _apply_from_another_origin(page, live, pages_origin, PIN)
+    # A JSON POST from another origin needs Chromium's preflight first: applied means allowed.
+    await expect(page.locator(".giftsync-summary-text")).to_have_text(
+        "Vii •••• 8901 · applied $30.00 · remaining $90.00"
+    )
+    assert answers and answers[0]["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in answers[0]
+
+
+async def test_from_another_origin_a_locked_out_card_and_vii_down_are_told_plainly(
+    live: LiveCheckout, pages_origin: str, page: Page
+) -> None:
+    for _ in range(5):
+        await _apply_from_another_origin(page, live, pages_origin, "9999")
+        await expect(page.locator(".giftsync-error")).to_have_text(
+            "The card number or PIN is not right."
+        )
+    await _apply_from_another_origin(page, live, pages_origin, PIN)
+    await expect(page.locator(".giftsync-error")).to_contain_text("Too many tries. Please wait")
+
+    other = "6280003456789012"  # another demo card, PIN 3456, not locked
+    live.vii.faults.error_rate = 1.0
+    await page.goto(f"{pages_origin}/demo/checkout?api={live.base_url}")
+    await page.fill("input[name=viiCardNumber]", other)
+    await page.fill("input[name=viiCardPin]", "3456")
+    await page.click("button.giftsync-apply")
+    await expect(page.locator(".giftsync-error")).to_contain_text(
+        "The gift card service isn't answering right now."
+    )
+    await expect(page.locator("#applied-code")).to_have_text("None")
