@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,6 +197,8 @@ async def test_from_another_origin_cors_lets_the_checkout_apply(
     )
     assert answers and answers[0]["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in answers[0]
+    if folder := os.environ.get("GIFTSYNC_SCREENSHOTS"):
+        await page.screenshot(path=str(Path(folder) / "21-demo-checkout-cross-origin.png"))
 
 
 async def test_from_another_origin_a_locked_out_card_and_vii_down_are_told_plainly(
