@@ -127,7 +127,9 @@ def configure_logging(level: str = "INFO", *, json: bool | None = True) -> None:
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        # Not cached: a later configure (a test's capture_logs, a second app in one process)
+        # must reach loggers already used; the lookup costs microseconds per line.
+        cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
