@@ -98,7 +98,7 @@ async def test_a_valid_session_token_applies(shop: Shop) -> None:
         f"Bearer {session_token(exp=int(time.time()) - 60)}",
         f"Bearer {session_token(nbf=int(time.time()) + 60)}",
         f"Bearer {session_token(dest='https://another.myshopify.com')}",
-        f"Bearer {session_token(key='another-secret-0123456789abcdef')}",
+        f"Bearer {session_token(key='another-secret-0123456789abcdefgh')}",
         f"Bearer {session_token(dest=None)}",
         f"Bearer {unsigned({'dest': f'https://{SHOP}', 'exp': 2**40, 'nbf': 0})}",
         f"Bearer {tampered()}",
@@ -191,7 +191,7 @@ BAD_QUERIES: dict[str, Callable[[], str]] = {
     "old": lambda: proxy_query(timestamp=str(int(time.time()) - 120)),
     "future": lambda: proxy_query(timestamp=str(int(time.time()) + 120)),
     "wrong-shop": lambda: proxy_query(shop="another.myshopify.com"),
-    "wrong-key": lambda: proxy_query(key="another-secret-0123456789abcdef"),
+    "wrong-key": lambda: proxy_query(key="another-secret-0123456789abcdefgh"),
     "no-time": lambda: proxy_query(timestamp=None),
     "tampered": lambda: proxy_query().replace(
         "logged_in_customer_id=42", "logged_in_customer_id=43"
