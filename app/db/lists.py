@@ -185,15 +185,17 @@ async def resolve_finding(
 
 
 async def jobs_page(
-    session: AsyncSession, *, state: JobState, before: int | None = None, limit: int = 50
+    session: AsyncSession, *, state: JobState | None, before: int | None = None, limit: int = 50
 ) -> list[JobRow]:
+    """Newest first; `state=None` lists every state."""
     rows = await session.execute(
         sql(
             """
             SELECT id, kind, state, attempts, max_attempts, last_error, run_at, idempotency_key,
                    created_at, updated_at
             FROM jobs
-            WHERE state = :state AND (CAST(:before AS bigint) IS NULL OR id < :before)
+            WHERE (CAST(:state AS text) IS NULL OR state = :state)
+              AND (CAST(:before AS bigint) IS NULL OR id < :before)
             ORDER BY id DESC
             LIMIT :limit
             """

@@ -6,7 +6,7 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from app.money import parse_amount
@@ -19,7 +19,10 @@ router = APIRouter(tags=["checkout"])
 
 _CARD_NUMBER = re.compile(r"[0-9]{12,19}", re.ASCII)
 _PIN = re.compile(r"[0-9]{4,8}", re.ASCII)
-_TOKEN = re.compile(r"[A-Za-z0-9._:~-]{1,255}", re.ASCII)
+# URL-safe characters: a theme's cart token carries `?key=...` (Shopify cart tokens); markup
+# and quotes never reach a log line or an upstream document.
+_CHECKOUT_ID_CHARS = r"[A-Za-z0-9._:~?=/+%-]"
+_TOKEN = re.compile(_CHECKOUT_ID_CHARS + "{1,255}", re.ASCII)
 
 Amount = Annotated[Decimal, BeforeValidator(lambda raw: parse_amount(raw))]
 
@@ -53,7 +56,7 @@ class CheckBalanceBody(BaseModel):
     @classmethod
     def _token(cls, value: str | None) -> str | None:
         if value is not None and not _TOKEN.fullmatch(value):
-            raise ValueError("must be 1 to 255 letters, digits or ._:~-")
+            raise ValueError("must be 1 to 255 letters, digits or ._:~?=/+%-")
         return value
 
 
@@ -72,8 +75,10 @@ class CheckBalanceAnswer(BaseModel):
 class ReleaseBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    checkoutToken: str = Field(pattern=r"^[A-Za-z0-9._:~-]{1,255}$")
-    shopifyGiftCardCode: str = Field(min_length=8, max_length=20, pattern=r"^[A-Za-z0-9]+$")
+    checkoutToken: str = Field(pattern="^" + _CHECKOUT_ID_CHARS + "{1,255}$")
+    # Any alphanumeric code that names no card of this checkout is unknown (404), whatever its
+    # length; other characters are refused.
+    shopifyGiftCardCode: str = Field(pattern=r"^[A-Za-z0-9]{1,64}$")
 
 
 def _problem(error: ShadowCardError) -> Problem:
@@ -106,15 +111,27 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# Dependencies, so that the caller is proved before the body is judged: an unproved caller
+# learns nothing about what a valid request looks like.
+def _checkout_caller(request: Request) -> str:
+    return checkout_client(request, request.app.state.runtime.settings)
+
+
+def _proxy_caller(request: Request) -> str:
+    return proxy_caller(request, request.app.state.runtime.settings)
+
+
+CheckoutCaller = Annotated[str, Depends(_checkout_caller)]
+ProxyCaller = Annotated[str, Depends(_proxy_caller)]
+
+
 @router.post(
     "/check-balance", response_model=CheckBalanceAnswer, responses={**_ERRORS, **_AUTH_ERRORS}
 )
 async def check_balance(
-    body: CheckBalanceBody, request: Request, response: Response
+    client: CheckoutCaller, body: CheckBalanceBody, request: Request, response: Response
 ) -> CheckBalanceAnswer:
     """From the checkout UI extension (session token) or, in open mode, anyone."""
-    settings = request.app.state.runtime.settings
-    client = checkout_client(request, settings)
     return await _check_balance(body, request, response, client)
 
 
@@ -124,10 +141,9 @@ async def check_balance(
     responses={**_ERRORS, **_AUTH_ERRORS},
 )
 async def proxy_check_balance(
-    body: CheckBalanceBody, request: Request, response: Response
+    client: ProxyCaller, body: CheckBalanceBody, request: Request, response: Response
 ) -> CheckBalanceAnswer:
     """From the theme app block through Shopify's app proxy (signed query)."""
-    client = proxy_caller(request, request.app.state.runtime.settings)
     return await _check_balance(body, request, response, client)
 
 
@@ -178,14 +194,12 @@ _RELEASE_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/check-balance/release", responses=_RELEASE_ERRORS)
-async def release(body: ReleaseBody, request: Request) -> dict[str, bool]:
-    checkout_client(request, request.app.state.runtime.settings)
+async def release(_: CheckoutCaller, body: ReleaseBody, request: Request) -> dict[str, bool]:
     return await _release(body, request)
 
 
 @router.post("/proxy/check-balance/release", responses=_RELEASE_ERRORS)
-async def proxy_release(body: ReleaseBody, request: Request) -> dict[str, bool]:
-    proxy_caller(request, request.app.state.runtime.settings)
+async def proxy_release(_: ProxyCaller, body: ReleaseBody, request: Request) -> dict[str, bool]:
     return await _release(body, request)
 
 

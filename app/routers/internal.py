@@ -125,12 +125,17 @@ async def start_backfill(request: Request, body: BackfillBody) -> RunStarted:
 @router.get(
     "/runs/{run_id}",
     response_model=RunAnswer,
-    responses={404: problem_schema("`not_found`: no such run."), 422: _INVALID},
+    responses={404: problem_schema("`not_found`: no such run.")},
 )
-async def run_detail(request: Request, run_id: uuid.UUID) -> RunAnswer:
-    run = await runs.get_run(request.app.state.runtime.sessions, run_id)
+async def run_detail(request: Request, run_id: str) -> RunAnswer:
+    # Any id that names no run is simply unknown (404), a malformed one included.
+    try:
+        parsed = uuid.UUID(run_id)
+    except ValueError:
+        raise Problem(404, "not_found", "No such run.") from None
+    run = await runs.get_run(request.app.state.runtime.sessions, parsed)
     if run is None:
-        raise Problem(404, "not_found", f"No run {run_id}.")
+        raise Problem(404, "not_found", f"No run {parsed}.")
     return RunAnswer.of(run)
 
 

@@ -202,12 +202,13 @@ async def findings_page(
 async def jobs_page(
     request: Request,
     state: Annotated[
-        lists.JobState, Query(description="`queued`, `running`, `done` or `dead`; required.")
-    ],
+        lists.JobState | None,
+        Query(description="`queued`, `running`, `done` or `dead`; absent: every state."),
+    ] = None,
     before: Annotated[int | None, Query(ge=1, le=_MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
 ) -> JobPage:
-    """Jobs in one state, newest first, without payloads (they can carry sealed secrets)."""
+    """Jobs newest first, in one state or all, without payloads (they can carry sealed secrets)."""
     async with transaction(request.app.state.runtime.sessions) as session:
         rows = await lists.jobs_page(session, state=state, before=before, limit=limit)
     return JobPage(

@@ -1,8 +1,11 @@
 """Operators: who may call `/internal/*` (and the console), failed attempts, the audit log.
 
 An operator is `ADMIN_TOKEN` (named `admin`) or a named token from `giftsync operators add`
-(only its hash is stored). Failed attempts are counted per client address: past 10 in 15
-minutes the address is refused without looking at the token. Every request that may change
+(only its hash is stored). Failed attempts are counted per client address, 10 in 15 minutes.
+The console's sign-in past the limit is refused whatever the token (DESIGN 3). The bearer API
+never refuses a valid token: an address shared behind a NAT or proxy must not let anyone lock
+the operators out, and tokens are long and random (settings refuse weak ones), so the limit
+there only turns a scanner's wrong tokens into 429s; a missing header is no attempt. Every request that may change
 something (not GET/HEAD/OPTIONS) by a signed-in operator is written to the append-only audit
 log (who, when, address, action, a hash of the body) before its answer leaves.
 """
@@ -40,19 +43,18 @@ async def operator_for_token(request: Request, token: str | None, scope: str) ->
     """The operator a token names, counting failures per address; raises 401 or 429."""
     runtime = request.app.state.runtime
     address = client_address(request, runtime.settings.trusted_proxies)
+    console = scope == "console"
     async with runtime.sessions() as session, session.begin():
-        if await operators.failures(session, address, FAILURE_WINDOW) >= FAILURE_LIMIT:
-            raise Problem(
-                429,
-                "too_many_attempts",
-                "Too many failed sign-ins from this address; try again later.",
-                headers={"Retry-After": str(int(FAILURE_WINDOW.total_seconds()))},
-            )
+        limited = await operators.failures(session, address, FAILURE_WINDOW) >= FAILURE_LIMIT
+        if limited and console:
+            raise _too_many()
         name = await _name(session, runtime.settings.admin_token, token)
-        if name is None:
+        if name is None and (token or console):
             await operators.record_failure(session, address, scope)
     if name is None:
         log.warning("security_event", event_kind="operator_auth_failed", client=address)
+        if limited:
+            raise _too_many()
         raise Problem(
             401,
             "unauthorized",
@@ -62,6 +64,15 @@ async def operator_for_token(request: Request, token: str | None, scope: str) ->
     request.state.operator = name
     request.state.client = address
     return name
+
+
+def _too_many() -> Problem:
+    return Problem(
+        429,
+        "too_many_attempts",
+        "Too many failed sign-ins from this address; try again later.",
+        headers={"Retry-After": str(int(FAILURE_WINDOW.total_seconds()))},
+    )
 
 
 async def _name(

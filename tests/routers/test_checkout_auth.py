@@ -135,6 +135,33 @@ async def test_a_bad_session_token_is_401_and_writes_nothing(
     assert released.status_code == 401 and released.json()["code"] == "invalid_session_token"
 
 
+async def test_the_caller_is_proved_before_the_body_is_judged(shop: Shop) -> None:
+    for path in ("/check-balance", "/check-balance/release", "/proxy/check-balance"):
+        answer = await shop.http.post(path, json={"cartTotal": "-1"})
+        assert answer.status_code == 401, (path, answer.text)
+    await nothing_written(shop)
+
+
+async def test_a_theme_cart_token_with_its_key_applies_and_releases(shop: Shop) -> None:
+    token = "Z2NwLXVzLWVhc3QxOjAxSkQ5?key=5f0c8e2a9b7d41e6"
+    headers = {"Authorization": f"Bearer {session_token()}"}
+    applied = await shop.http.post("/check-balance", json=body(token), headers=headers)
+    assert applied.status_code == 200, applied.text
+    code = applied.json()["shopifyGiftCardCode"]
+    unknown = await shop.http.post(
+        "/check-balance/release",
+        json={"checkoutToken": token, "shopifyGiftCardCode": "abc"},
+        headers=headers,
+    )
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+    released = await shop.http.post(
+        "/check-balance/release",
+        json={"checkoutToken": token, "shopifyGiftCardCode": code},
+        headers=headers,
+    )
+    assert released.status_code == 200 and released.json() == {"released": True}
+
+
 def test_the_token_leeway_is_ten_seconds() -> None:
     from app.routers.checkout_auth import verify_session_token
 

@@ -1,4 +1,4 @@
-"""`GET /internal/runs`, `/internal/findings`, `/internal/jobs` (explicit state) and the finding
+"""`GET /internal/runs`, `/internal/findings`, `/internal/jobs` (one state or all) and the finding
 actions `resolve` and `retry` (issue 17)."""
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ async def test_findings_by_type_state_and_card_in_pages(
     _problem(await listed("type=DROP%20TABLE"), 422, "invalid_request")
 
 
-async def test_jobs_need_an_explicit_state_and_page(
+async def test_jobs_list_every_state_or_one_and_page(
     api: httpx.AsyncClient, sessions: SessionFactory
 ) -> None:
     ids = []
@@ -165,7 +165,13 @@ async def test_jobs_need_an_explicit_state_and_page(
             ids.append(job_id)
         await session.execute(text("UPDATE jobs SET state = 'done' WHERE id = :id"), {"id": ids[0]})
 
-    _problem(await api.get("/internal/jobs", headers=AUTH), 422, "invalid_request")
+    every = (await api.get("/internal/jobs", headers=AUTH)).json()
+    assert [(job["id"], job["state"]) for job in every["jobs"]] == [
+        (ids[2], "queued"),
+        (ids[1], "queued"),
+        (ids[0], "done"),
+    ]
+    _problem(await api.get("/internal/jobs?state=lost", headers=AUTH), 422, "invalid_request")
     queued = (await api.get("/internal/jobs?state=queued&limit=1", headers=AUTH)).json()
     assert [job["id"] for job in queued["jobs"]] == [ids[2]]
     assert queued["nextBefore"] == ids[2]
@@ -253,6 +259,6 @@ async def test_every_list_is_in_openapi_with_problem_answers(api: httpx.AsyncCli
         assert {"401", "422", "429"} <= set(answers), path
         assert "application/problem+json" in answers["401"]["content"]
     state = next(p for p in paths["/internal/jobs"]["get"]["parameters"] if p["name"] == "state")
-    assert state["required"] is True
-    assert set(state["schema"]["enum"]) == {"queued", "running", "done", "dead"}
+    assert state.get("required", False) is False
+    assert set(state["schema"]["anyOf"][0]["enum"]) == {"queued", "running", "done", "dead"}
     assert not any(path.startswith("/console") for path in paths)

@@ -394,8 +394,8 @@ async def test_run_unknown_is_404(api: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize("bad_id", ["not-a-uuid", "1", "00000000-0000-4000-8000-00000000000"])
-async def test_run_malformed_id_is_422(api: httpx.AsyncClient, bad_id: str) -> None:
-    _problem(await api.get(f"/internal/runs/{bad_id}", headers=AUTH), 422, "invalid_request")
+async def test_run_malformed_id_is_an_unknown_run(api: httpx.AsyncClient, bad_id: str) -> None:
+    _problem(await api.get(f"/internal/runs/{bad_id}", headers=AUTH), 404, "not_found")
 
 
 async def test_openapi_declares_problem_responses(api: httpx.AsyncClient) -> None:
@@ -403,7 +403,7 @@ async def test_openapi_declares_problem_responses(api: httpx.AsyncClient) -> Non
     expected = {
         ("/internal/reconcile", "post"): {"202", "401", "422"},
         ("/internal/backfill", "post"): {"202", "401", "409", "422"},
-        ("/internal/runs/{run_id}", "get"): {"200", "401", "404", "422"},
+        ("/internal/runs/{run_id}", "get"): {"200", "401", "404"},
         ("/internal/cards", "get"): {"200", "401", "422", "503"},
     }
     for (path, method), codes in expected.items():

@@ -208,6 +208,7 @@ def test_reload_on_enabled_side_while_other_disabled_is_a_status_conflict() -> N
     plan = plan_merge("card-1", 100, 2, states)
     assert plan.moves == ()
     assert plan.deactivate == ()
+    assert plan.target_minor == 100
     assert plan.new_base_version == 2
     assert [f.type for f in plan.findings] == ["status_conflict"]
     assert plan.findings[0].evidence == {
@@ -225,7 +226,13 @@ def test_reload_on_enabled_side_while_other_disabled_is_a_status_conflict() -> N
     ("card_id", "base", "version", "states", "why"),
     [
         ("card-1", 100, 0, [], "no system states to merge"),
-        ("card-1", 100, 0, [state("shopify", 1), state("shopify", 2)], "more than once"),
+        (
+            "card-1",
+            100,
+            0,
+            [state("shopify", 1), state("shopify", 2)],
+            "a system appears more than once",
+        ),
         ("card-1", -1, 0, [state("shopify", 1)], "base balance is negative"),
         ("card-1", 100, -1, [state("shopify", 1)], "base version is negative"),
         ("", 100, 0, [state("shopify", 1)], "card_id is empty"),
@@ -234,15 +241,33 @@ def test_reload_on_enabled_side_while_other_disabled_is_a_status_conflict() -> N
 def test_bad_inputs_are_rejected(
     card_id: str, base: int, version: int, states: list[SystemState], why: str
 ) -> None:
-    with pytest.raises(ValueError, match=why):
+    with pytest.raises(ValueError) as raised:
         plan_merge(card_id, base, version, states)
+    assert str(raised.value) == why
 
 
-def test_every_plan_names_its_card() -> None:
-    """Plans travel to jobs by card: each kind of plan must carry the card it is for."""
+def test_every_plan_names_its_card_and_base() -> None:
+    """Plans travel to jobs by card and base version: each kind of plan carries the ones it is for."""
     mismatch = [state("shopify", 70, currency="AUD"), state("lightspeed", 80, currency="NZD")]
-    for states in (two(70, 80), two(10, 0), mismatch, two(100, 100)):
-        assert plan_merge("card-9", 100, 1, states).card_id == "card-9"
+    all_disabled = [state("shopify", 100, "disabled"), state("lightspeed", 90, "disabled")]
+    conflict = [state("shopify", 100, status="disabled"), state("lightspeed", 160)]
+    for states in (two(70, 80), two(10, 0), mismatch, two(100, 100), all_disabled, conflict):
+        plan = plan_merge("card-9", 100, 1, states)
+        assert (plan.card_id, plan.base_minor, plan.base_version) == ("card-9", 100, 1)
+
+
+def test_a_card_disabled_everywhere_is_held_exactly_at_its_base() -> None:
+    states = [state("shopify", 100, "disabled"), state("lightspeed", 90, "disabled")]
+    assert plan_merge("card-9", 100, 1, states) == MergePlan(
+        card_id="card-9",
+        base_minor=100,
+        base_version=1,
+        target_minor=100,
+        moves=(),
+        deactivate=(),
+        findings=(),
+        new_base_version=1,
+    )
 
 
 def test_a_plan_with_only_a_finding_is_not_in_sync() -> None:
