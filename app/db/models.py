@@ -169,6 +169,8 @@ class ShadowCard(Base):
     """A Shopify move whose outcome is unknown: it is looked up before the next move."""
     unconfirmed_move_key: Mapped[str | None] = mapped_column(String(255))
     unconfirmed_move_minor: Mapped[int | None] = mapped_column(BigInteger)
+    unconfirmed_move_at: Mapped[datetime | None]
+    """When the pending move was sent: until it is old, not finding it proves nothing."""
     captured_amount_minor: Mapped[int] = mapped_column(BigInteger, server_default="0")
     state: Mapped[str] = mapped_column(String(16), server_default="applied")
     expires_at: Mapped[datetime]

@@ -203,7 +203,8 @@ async def add_loaded(session: AsyncSession, shadow_id: uuid.UUID | str, delta_mi
             """
             UPDATE shadow_cards SET loaded_minor = loaded_minor + :d,
                    applied_unconfirmed = false, unconfirmed_move_key = NULL,
-                   unconfirmed_move_minor = NULL, version = version + 1, updated_at = now()
+                   unconfirmed_move_minor = NULL, unconfirmed_move_at = NULL,
+                   version = version + 1, updated_at = now()
             WHERE id = :id
             """
         ),

@@ -105,6 +105,15 @@ async def test_check_balance_sends_exact_xml_and_reads_the_answer(
     assert balance.expires_at == datetime(2027, 12, 31, 23, 59, 59)
 
 
+async def test_a_balance_with_sub_cent_digits_is_cut_down_to_whole_cents(
+    vii: ViiClient, mock: respx.MockRouter
+) -> None:
+    fields = {**BALANCE_FIELDS, "AvailableBalance": "12.349", "CurrentBalance": "20.005"}
+    mock.post(URL).mock(return_value=answer(**fields))
+    balance = await vii.check_balance(CARD, PIN)
+    assert (balance.available, balance.current) == (Decimal("12.34"), Decimal("20.00"))
+
+
 async def test_pre_auth_sends_exact_xml_and_uses_the_chosen_tran_id(
     vii: ViiClient, mock: respx.MockRouter
 ) -> None:

@@ -11,6 +11,7 @@ Never logged: the access token and full gift card codes (only their last 4 chara
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from datetime import date, datetime
 from decimal import Decimal
@@ -219,6 +220,10 @@ class ShopifyClient(ShopifyBulkExport, ShopifyWebhooks):
             moved,
             reference=idempotency_note(idempotency_key, note),
             look_up=lambda: self._find_move(card_id, idempotency_key),
+            # A credit or debit has no server-side idempotency (the key is only a note), and a
+            # request whose answer timed out may still be applied after the look-up: not yet
+            # found proves nothing, so it is never sent again here; the caller settles it later.
+            absence_is_proof=False,
         )
 
     async def _find_move(self, card_id: str, idempotency_key: str) -> GiftCardMove | None:
@@ -233,16 +238,17 @@ class ShopifyClient(ShopifyBulkExport, ShopifyWebhooks):
         return None
 
     async def list_gift_card_transactions(
-        self, card_id: str, *, max_pages: int = 1
+        self, card_id: str, *, max_pages: int | None = 1
     ) -> list[GiftCardTransaction]:
-        """The card's credits and debits, newest first."""
+        """The card's credits and debits, newest first (`max_pages=None`: all of them)."""
         return [t async for t in self._iter_transactions(card_id, max_pages)]
 
     async def _iter_transactions(
-        self, card_id: str, max_pages: int
+        self, card_id: str, max_pages: int | None
     ) -> AsyncIterator[GiftCardTransaction]:
         after: str | None = None
-        for _ in range(max_pages):
+        pages = itertools.count() if max_pages is None else range(max_pages)
+        for _ in pages:
             data = await self._query(
                 "GiftCardTransactions", {"id": card_id, "first": 25, "after": after}
             )

@@ -292,6 +292,7 @@ class ShopifyGraphQL:
         *,
         reference: str,
         look_up: Callable[[], Awaitable[T | None]] | None = None,
+        absence_is_proof: bool = True,
     ) -> T:
         """A write that must not be repeated blindly; `read` turns its answer into the result.
 
@@ -306,7 +307,11 @@ class ShopifyGraphQL:
                 raise AnswerLost(f"answer unreadable ({type(exc).__name__})") from exc
 
         return await self._delivery.write(
-            send, what=f"Shopify {operation}", reference=reference, look_up=look_up
+            send,
+            what=f"Shopify {operation}",
+            reference=reference,
+            look_up=look_up,
+            absence_is_proof=absence_is_proof,
         )
 
 

@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 
 from defusedxml import ElementTree as SafeET
@@ -133,12 +133,15 @@ def money(
     fallback: str | None = None,
     default: Decimal | None = None,
 ) -> Decimal:
-    """`name` (else `fallback`) as Decimal; `default` when absent, or Garbage without one."""
+    """`name` (else `fallback`) as Decimal; `default` when absent, or Garbage without one.
+
+    A balance with more than 2 decimals is cut down to whole cents: never more than Vii holds.
+    """
     value = _decimal(fields.get(name))
     if value is None and fallback is not None:
         value = _decimal(fields.get(fallback))
     if value is not None:
-        return value
+        return value.quantize(_CENT, rounding=ROUND_DOWN)
     if default is None:
         raise Garbage(f"no readable {name}")
     return default

@@ -89,7 +89,7 @@ async def _with_card(deps: ShadowDeps, shadow_id: str, work: Any) -> None:
             await work(deps, bound_session(conn), shadow_id)
     except CardBusy:
         raise RetryLater("a checkout is using this card", RETRY_SOON) from None
-    except vii_hold.CaptureUnconfirmed as exc:
+    except (vii_hold.CaptureUnconfirmed, card_moves.MovePending) as exc:
         raise RetryLater(str(exc), RETRY_SOON) from None
 
 
@@ -200,7 +200,7 @@ async def _refunds_on_card(deps: ShadowDeps, card: ShopifyGiftCard | None) -> in
     if card is None:
         return 0
     try:
-        found = await deps.shopify.list_gift_card_transactions(card.id, max_pages=4)
+        found = await deps.shopify.list_gift_card_transactions(card.id, max_pages=None)
     except UpstreamError:
         return 0  # unknown: any refund reported later is then a finding, never a silent loss
     return sum(to_minor(t.amount) for t in found if t.amount > 0 and t.idempotency_key is None)

@@ -36,6 +36,8 @@ from app.sync.shadow.errors import (
 from app.sync.shadow.result import ApplyResult
 from app.sync.shadow.secrets import new_apply_token
 
+REHOLD_EMPTY_TRIES = 3
+
 
 async def resize(
     deps: ShadowDeps,
@@ -122,8 +124,18 @@ async def _rehold(
     apply_token: str,
 ) -> ApplyResult:
     assert request.pin is not None
-    # Nothing may be spent while no hold backs the card: empty it first.
-    await card_moves.move(deps, session, live, -balance, "rehold-empty")
+    # Nothing may be spent while no hold backs the card: empty it first. A refund can land on
+    # the card between the read and the debit, so it is read again until it shows nothing.
+    for _ in range(REHOLD_EMPTY_TRIES):
+        await card_moves.move(deps, session, live, -balance, "rehold-empty")
+        live = await _fresh(session, live.id)
+        balance = await card_moves.read_balance_minor(deps, live)
+        if balance == 0:
+            break
+    else:
+        raise ShopifyUnavailableError(
+            "The card kept changing while it was re-sized; try again.", retry_after=5
+        )
     async with session.begin():
         # The old hold is about to be taken and cancelled: a lost answer below may have used
         # it up, so from here the card counts on no hold until a new one is confirmed.
