@@ -280,12 +280,13 @@ async def test_worker_killed_mid_backfill_to_pos_gives_every_card_one_pos_twin(
     # about the kill, not the pacing.
     await sims.set_pos_limits(bucket_size=100_000, drip_rate=10_000)
     online: dict[str, Decimal] = {}
-    for n in range(12):
+    for n in range(32):
         balance = Decimal(f"{20 + n}.{(11 * n) % 100:02d}")
         online[await sims.sell_online(str(balance))] = balance
     # A fresh card costs Lightspeed two writes (the account, the loading sale) and no look-up:
-    # at 3 s each, 12 cards in two rounds of eight take over ten seconds, and the pass
-    # checkpoints (every 5 s) on the way.
+    # at 3 s each, 32 cards in four rounds of eight take about 24 s, and the pass checkpoints
+    # (every 5 s) on the way, leaving most cards still to move when the answers start to be
+    # lost, however slowly this machine notices the checkpoint.
     await sims.set_faults("lightspeed", latency_ms=3000)
 
     async def linked_online() -> int:
