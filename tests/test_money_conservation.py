@@ -745,6 +745,9 @@ class ConservationMachine(RuleBasedStateMachine):
     ) -> None:
         """The same checkout and Vii card: the card is re-sized, exactly as the rule says."""
         body = response.json()
+        if not shadow.exact:
+            self._expect_resize_after_a_fault(shadow, cart, pin, response)
+            return
         proof = "PIN" if pin else "apply token"
         new_balance, needs_new_hold = resize_rule(cart=cart, shadow=shadow)
         if not pin and apply_token is None:
@@ -768,6 +771,30 @@ class ConservationMachine(RuleBasedStateMachine):
         assert minor(body["availableBalance"]) == max(shadow.vii_balance - shadow.hold, 0), body
         self._learn_token(shadow, body, pin)
         shadow.loaded += new_balance - shadow.balance
+
+    def _expect_resize_after_a_fault(
+        self, shadow: Shadow, cart: int, pin: bool, response: httpx.Response
+    ) -> None:
+        """The model has not re-read the card since a fault (an Undo of a capture may still be
+        due), so it knows neither the hold nor what Vii will give back: the answer only has to
+        be one the rule allows, and the next check re-reads the card (money is checked there
+        and at the close, to the cent)."""
+        body = response.json()
+        event(f"re-size before the model re-read the card: {response.status_code}")
+        assert response.status_code in (200, 402, 409, 503), body
+        if response.status_code == 200:
+            assert body["shopifyGiftCardCode"] == shadow.code
+            assert 0 < minor(body["amountApplied"]) <= cart, (body, cart)
+            self._learn_token(shadow, body, pin)
+        elif response.status_code == 409:
+            assert body["code"] == "pin_required" and not pin, body
+            assert shadow.code not in response.text
+        else:
+            assert shadow.code not in response.text
+            if pin:
+                shadow.apply_token = None  # replaced by the PIN; the answer carrying it failed
+            if response.status_code == 402 or body.get("code") == "vii_unavailable":
+                shadow.closes.add("released")  # 503: a capture in doubt closes the card
 
     def _expect_rehold(
         self, shadow: Shadow, cart: int, response: httpx.Response, available: int
@@ -893,7 +920,8 @@ class ConservationMachine(RuleBasedStateMachine):
         else:
             # Proved by PIN, so its token was replaced; the answer that carried it failed.
             shadow.apply_token = None
-        if response.status_code == 402:
+        if response.status_code == 402 or (response.status_code == 503 and upstream == "vii"):
+            # 503: a re-hold's capture in doubt hands the card to its close.
             shadow.closes.add("released")
         shadow.exact = False
 
@@ -1383,9 +1411,9 @@ class ConservationMachine(RuleBasedStateMachine):
             card = self.world.shop_sim.card(shadow.gid)
             spendable = minor(card["balance"]) if card["enabled"] else 0
             if row.undone and spendable == 0:
-                # Known gap (tests/sync/shadow/test_found_by_conservation.py, xfail): an Undo
-                # gives the money back to the Vii card, not to the hold, until the capture is
-                # sent again. Whether it then took it all is checked when the card settles.
+                # A worker died between a close's Undo of a lost capture and its capture
+                # again: the money is back on the Vii card, not in the hold, until the close
+                # job is taken over. Whether it then took it all is checked when it settles.
                 continue
             backed = self.held_by(shadow.vii, row.hold_code) + row.captured_amount_minor
             assert backed >= shadow.spent + spendable, (

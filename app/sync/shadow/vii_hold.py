@@ -3,7 +3,8 @@
 Stored-value rule (UPSTREAMS, Vii): a redemption whose answer is lost may or may not have
 happened, so it is never resent; its `Undo` is armed (committed) before the redemption is sent,
 fired when the answer is lost, and a new capture waits until every armed Undo of the card has
-landed. Whether a capture with `PreAuthCode` also frees the rest of the hold is not documented:
+landed. A capture in doubt always hands the card to its close, which undoes it and captures
+again in one job: an Undo on its own would leave what Shopify spent free on the Vii card. Whether a capture with `PreAuthCode` also frees the rest of the hold is not documented:
 a cancellation always follows, and "no such hold" then means it is already free.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import app.sync.shadow.lifecycle as lifecycle
 from app.clients.errors import UnknownOutcome, UpstreamError, UpstreamRejected
 from app.clients.vii import ViiHoldNotFound, ViiInsufficientFunds
 from app.db import jobs, records
@@ -121,11 +123,13 @@ async def release_hold(deps: ShadowDeps, session: AsyncSession, row: Any) -> Non
 async def undo_job(deps: ShadowDeps, payload: dict[str, Any]) -> None:
     """Job: reverse a Vii transaction whose answer was lost (retried until acknowledged).
 
-    The card's close (which captures again) is then made due at once: between the two, what
-    Shopify spent is free on the Vii card.
+    A card still live (a re-size that died mid-capture) starts closing first, so that its close
+    undoes the capture and takes it again with no gap in between; the close job that is then
+    pending does the Undo itself.
     """
     close_key = f"shadow:{payload['shadow_id']}:close"
-    async with deps.sessions() as session:
+    async with deps.sessions() as session, session.begin():
+        await lifecycle.request_close(session, payload["shadow_id"], "released")
         close_pending = await session.scalar(
             sql(
                 "SELECT 1 FROM jobs WHERE idempotency_key = :key AND state IN ('queued', 'running')"
@@ -199,8 +203,10 @@ async def _arm_undo(
 
 
 async def _fire_undos(session: AsyncSession, shadow_id: Any) -> None:
-    """Every armed Undo of this card becomes due now."""
+    """Every armed Undo of this card becomes due now, and a live card starts closing (its close
+    job undoes them itself, then captures again)."""
     async with session.begin():
+        await lifecycle.request_close(session, shadow_id, "released")
         await session.execute(
             sql(
                 "UPDATE jobs SET run_at = now() WHERE kind = :kind AND state = 'queued' "

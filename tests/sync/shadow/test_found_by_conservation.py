@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.clients.shopify import ShopifyClient
 from app.clients.vii import ViiClient
+from app.db import shadow_cards as shadow_rows
 from app.main import create_app
 from app.runtime import Runtime, install_features
 from app.sandbox.faults import Faults
@@ -146,3 +147,88 @@ async def test_money_spent_on_shopify_stays_held_while_a_lost_capture_is_undone(
     await shop.run_jobs()
 
     assert (await shop.shadow(code)).captured_amount_minor == 3000
+
+
+@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
+async def test_a_regrow_whose_capture_was_lost_hands_the_card_to_its_close(
+    shop: LossyShop, capture_frees_rest: bool
+) -> None:
+    """Found as (invariant, 1,000 examples): apply 1.00 (Vii has 80.00), an order spends 0.51, a grow with the
+    PIN while Vii's answers are lost: the re-hold emptied the card and its capture (and that
+    capture's Undo) lost their answers. The Undo job then landed on its own while the card
+    stayed live, so the 0.51 Shopify spent was free on the Vii card with no close coming;
+    spent elsewhere meanwhile, it could never be taken. Now a capture in doubt closes the card,
+    and the close undoes it and captures again in one job."""
+    shop.vii.capture_frees_rest = capture_frees_rest
+    code = (await shop.apply("20.00")).json()["shopifyGiftCardCode"]
+    shop.order((code, "15.00"))
+    shop.vii_transport.lose_writes = True
+    grown = await shop.apply("30.00")
+    shop.vii_transport.lose_writes = False
+    assert grown.status_code == 503 and grown.json()["code"] == "vii_unavailable"
+    assert (await shop.shadow(code)).state == "released"  # its close now owns the capture
+
+    await shop.run_jobs_once()  # the Undo and the close, in whatever order the worker takes them
+    # The shopper spends the Vii card elsewhere: whatever Vii shows available.
+    shop.vii.spend(CARD, shop.vii.available(CARD))
+    await shop.release(code)
+    await shop.run_jobs()
+
+    row = await shop.shadow(code)
+    assert row.settled_at is not None and row.captured_amount_minor == 1500
+    assert shop.spent_on_shopify(code) == Decimal("15.00")
+    assert shop.held() == Decimal("0.00")
+    assert await shop.rows("SELECT type, subject FROM findings") == []
+
+
+async def test_after_a_regrow_lost_the_same_checkout_gets_a_new_card(shop: LossyShop) -> None:
+    """The closed card is not the shopper's problem: the next apply of the same checkout
+    holds again and answers with a new, backed code."""
+    code = (await shop.apply("20.00")).json()["shopifyGiftCardCode"]
+    shop.order((code, "10.00"))
+    shop.vii_transport.lose_writes = True
+    assert (await shop.apply("30.00")).status_code == 503
+    shop.vii_transport.lose_writes = False
+    await shop.run_jobs()
+
+    again = await shop.apply("30.00")
+
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert body["shopifyGiftCardCode"] != code
+    assert body["amountApplied"] == "30.00"
+    assert (
+        shop.held()
+        == Decimal("30.00")
+        == Decimal(shop.card(body["shopifyGiftCardCode"])["balance"])
+    )
+    assert Decimal(shop.card(code)["balance"]) == Decimal("0.00")
+
+
+@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
+async def test_a_regrow_that_dies_after_vii_took_the_capture_is_closed_by_its_undo(
+    shop: LossyShop, capture_frees_rest: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same gap after a crash: the capture landed, nothing was recorded, and only the armed
+    Undo is left. That Undo must not land while the card stays live."""
+    shop.vii.capture_frees_rest = capture_frees_rest
+    code = (await shop.apply("20.00")).json()["shopifyGiftCardCode"]
+    shop.order((code, "15.00"))
+    with monkeypatch.context() as patch:
+        patch.setattr(shadow_rows, "add_captured", _dies)
+        assert (await shop.apply("30.00")).status_code == 500
+
+    await shop.run_jobs_once()  # the armed Undo comes due
+    assert (await shop.shadow(code)).state == "released"
+    shop.vii.spend(CARD, shop.vii.available(CARD))
+    await shop.release(code)
+    await shop.run_jobs()
+
+    row = await shop.shadow(code)
+    assert row.settled_at is not None and row.captured_amount_minor == 1500
+    assert shop.held() == Decimal("0.00")
+    assert await shop.rows("SELECT type, subject FROM findings") == []
+
+
+async def _dies(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("process died")
