@@ -232,3 +232,30 @@ async def test_a_regrow_that_dies_after_vii_took_the_capture_is_closed_by_its_un
 
 async def _dies(*args: object, **kwargs: object) -> None:
     raise RuntimeError("process died")
+
+
+@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
+async def test_vii_spent_while_a_lost_capture_is_undone_is_reported_to_the_cent(
+    shop: LossyShop, capture_frees_rest: bool
+) -> None:
+    """What the documented recovery cannot prevent (found by the machine at 1,000 examples):
+    Vii loses the answers of a close's capture and of its Undo, both of which landed. Vii's
+    rule is Undo, then redeem again, so until the close runs again what Shopify spent is free
+    on the Vii card; spent there meanwhile, the close cannot take it. It says so, exactly."""
+    shop.vii.capture_frees_rest = capture_frees_rest
+    code = (await shop.apply("20.00")).json()["shopifyGiftCardCode"]
+    shop.order((code, "15.00"))
+    await shop.release(code)
+    shop.vii_transport.lose_writes = True
+    await shop.run_jobs_once()  # the close: capture and its Undo both lose their answers
+    shop.vii_transport.lose_writes = False
+    shop.vii.spend(CARD, shop.vii.available(CARD))
+
+    await shop.run_jobs()
+
+    row = await shop.shadow(code)
+    assert row.settled_at is not None and row.captured_amount_minor == 0
+    assert shop.held() == Decimal("0.00")
+    [finding] = await shop.rows("SELECT type, subject, evidence FROM findings")
+    assert (finding.type, finding.subject) == ("unrepairable", f"shadow:{row.id}:capture-refused")
+    assert finding.evidence["amount"] == "15.00" == str(shop.spent_on_shopify(code))
