@@ -164,4 +164,4 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
 
 
 # The shop fixtures (tests/shop.py) serve tests in several folders.
-from tests.shop import capture_frees_rest, shop  # noqa: E402, F401
+from tests.shop import capture_frees_rest, shop, undo_restores_hold  # noqa: E402, F401

@@ -176,6 +176,12 @@ def capture_frees_rest(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
 
 
+@pytest.fixture(params=[False, True], ids=["undo-to-card", "undo-to-hold"])
+def undo_restores_hold(request: pytest.FixtureRequest) -> bool:
+    """Vii's documents are silent on where an Undo of a capture puts the money: both readings."""
+    return bool(request.param)
+
+
 @pytest.fixture
 async def shop(runtime: Runtime, engine: AsyncEngine) -> AsyncIterator[Shop]:
     async with shadow_upstreams(runtime) as up:

@@ -106,6 +106,10 @@ class ViiSimulator:
         self.capture_frees_rest = True
         """No source says whether a capture with PreAuthCode frees what it did not take. True:
         the hold closes (the rest is free again). False: the rest stays held until cancelled."""
+        self.undo_restores_hold = False
+        """No source says where an Undo of a capture (a Redemption with PreAuthCode) puts the
+        money. False: back on the card, free to spend (the harsher reading). True: back into
+        the hold it was taken from, which opens again unless it was cancelled since."""
         self.barrier: asyncio.Event | None = None
         """When set, requests for `barrier_cards` (all, if empty) wait here, counted in
         `waiting`, until a test releases them: concurrency without timing."""
@@ -324,6 +328,8 @@ class ViiSimulator:
             return _answer(OK, NOTHING_TO_REVERSE, **self._card_fields(card))
         if target.request_type == "Redemption" and target.redeemed is not None:
             card.balance += target.redeemed
+            if self.undo_restores_hold and target.hold_code is not None:
+                self._restore_hold(target.hold_code, target.redeemed)
         elif target.request_type == "PreAuthRequest" and target.hold_code is not None:
             hold = self._holds[target.hold_code]
             if hold.state != "open":
@@ -333,6 +339,13 @@ class ViiSimulator:
             return _answer(OK, NOTHING_TO_REVERSE, **self._card_fields(card))
         target.reversed = True
         return _answer(OK, REVERSED, **self._card_fields(card))
+
+    def _restore_hold(self, code: str, amount: Decimal) -> None:
+        hold = self._holds[code]
+        if hold.state == "cancelled":
+            return
+        hold.amount = amount if hold.state == "captured" else hold.amount + amount
+        hold.state = "open"
 
     def _card(self, fields: dict[str, str], *, pin: bool = False, usable: bool = False) -> _Card:
         card = self._cards.get(fields.get("CardNumber", ""))

@@ -340,3 +340,44 @@ async def test_seed_demo_lists_three_demo_cards(sim: ViiSimulator, vii: ViiClien
     assert (await client.check_balance(number, pin)).available == Decimal(balance)
     await client.aclose()
     assert "4821" not in repr(sim) and CARD not in repr(sim)
+
+
+async def _capture_15_of_a_20_hold(vii: ViiClient) -> tuple[str, str]:
+    """A hold of 20.00 and a capture of 15.00 from it: (hold code, the capture's tran id)."""
+    hold = await vii.pre_auth(CARD, PIN, Decimal("20.00"), "c")
+    tran_id = ViiClient.new_tran_id()
+    await vii.redeem(
+        CARD, PIN, Decimal("15.00"), "o", pre_auth_code=hold.pre_auth_code, tran_id=tran_id
+    )
+    return hold.pre_auth_code, tran_id
+
+
+@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
+@pytest.mark.parametrize("undo_restores_hold", [False, True], ids=["to-card", "to-hold"])
+async def test_an_undone_capture_goes_back_where_the_reading_says(
+    sim: ViiSimulator, vii: ViiClient, capture_frees_rest: bool, undo_restores_hold: bool
+) -> None:
+    """Silent documents, two readings: the money of an undone capture is free on the card, or
+    back in the hold it came from (which reopens)."""
+    sim.capture_frees_rest = capture_frees_rest
+    sim.undo_restores_hold = undo_restores_hold
+    _, tran_id = await _capture_15_of_a_20_hold(vii)
+
+    assert await vii.undo(CARD, tran_id) is True
+
+    assert sim.balance(CARD) == Decimal("100.00")
+    rest = Decimal("0.00") if capture_frees_rest else Decimal("5.00")
+    held = rest + (Decimal("15.00") if undo_restores_hold else Decimal("0.00"))
+    assert sum(sim.open_holds(CARD).values(), Decimal(0)) == held
+    assert sim.available(CARD) == Decimal("100.00") - held
+
+
+async def test_an_undo_never_reopens_a_cancelled_hold(sim: ViiSimulator, vii: ViiClient) -> None:
+    sim.capture_frees_rest = False
+    sim.undo_restores_hold = True
+    hold_code, tran_id = await _capture_15_of_a_20_hold(vii)
+    await vii.cancel_pre_auth(CARD, hold_code, "c")
+
+    assert await vii.undo(CARD, tran_id) is True
+
+    assert sim.open_holds(CARD) == {} and sim.available(CARD) == Decimal("100.00")
