@@ -577,16 +577,25 @@ class ConservationMachine(RuleBasedStateMachine):
         in_store=st.lists(st.integers(100, 10_000), min_size=1, max_size=2),
         online=st.lists(st.integers(100, 10_000), max_size=1),
         capture_frees_rest=st.booleans(),
+        undo_restores_hold=st.booleans(),
     )
     @step
     def open_the_shop(
-        self, in_store: list[int], online: list[int], capture_frees_rest: bool
+        self,
+        in_store: list[int],
+        online: list[int],
+        capture_frees_rest: bool,
+        undo_restores_hold: bool,
     ) -> None:
         """Omni cards sold before the first step (the pollers and webhooks link them as the
         history goes); and which reading of a Vii capture holds (no source says whether a
         capture frees the rest of a hold)."""
         self.world.vii_sim.capture_frees_rest = capture_frees_rest
+        self.world.vii_sim.undo_restores_hold = undo_restores_hold
         event(f"Vii capture {'frees' if capture_frees_rest else 'keeps'} the rest of a hold")
+        event(
+            f"Vii Undo of a capture gives it back to the {'hold' if undo_restores_hold else 'card'}"
+        )
         for amount in in_store:
             self._sell_in_store(amount)
         for amount in online:
