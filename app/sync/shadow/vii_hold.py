@@ -4,8 +4,9 @@ Stored-value rule (UPSTREAMS, Vii): a redemption whose answer is lost may or may
 happened, so it is never resent; its `Undo` is armed (committed) before the redemption is sent,
 fired when the answer is lost, and a new capture waits until every armed Undo of the card has
 landed. A capture in doubt always hands the card to its close, which undoes it and captures
-again in one job: an Undo on its own would leave what Shopify spent free on the Vii card. Whether a capture with `PreAuthCode` also frees the rest of the hold is not documented:
-a cancellation always follows, and "no such hold" then means it is already free.
+again in one job: an Undo on its own would leave what Shopify spent free on the Vii card.
+Whether a capture with `PreAuthCode` also frees the rest of the hold is not documented: a
+cancellation always follows, and "no such hold" then means it is already free.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ async def undo_job(deps: ShadowDeps, payload: dict[str, Any]) -> None:
 
     A card still live (a re-size that died mid-capture) starts closing first, so that its close
     undoes the capture and takes it again with no gap in between; the close job that is then
-    pending does the Undo itself.
+    pending does the Undo itself. Past that check the card is closed and its close done, so
+    nothing is left to capture again.
     """
     close_key = f"shadow:{payload['shadow_id']}:close"
     async with deps.sessions() as session, session.begin():
@@ -141,14 +143,6 @@ async def undo_job(deps: ShadowDeps, payload: dict[str, Any]) -> None:
         raise RetryLater("the card's close undoes this capture itself", timedelta(seconds=5))
     card_number = deps.secrets.box.open(bytes.fromhex(payload["card_sealed"]), "job:card")
     await deps.vii.undo(card_number, payload["tran_id"])
-    async with deps.sessions() as session, session.begin():
-        await session.execute(
-            sql(
-                "UPDATE jobs SET run_at = now() WHERE idempotency_key = :key "
-                "AND state = 'queued' AND run_at > now()"
-            ),
-            {"key": close_key},
-        )
 
 
 async def _undo_now(
