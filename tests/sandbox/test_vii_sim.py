@@ -352,8 +352,6 @@ async def _capture_15_of_a_20_hold(vii: ViiClient) -> tuple[str, str]:
     return hold.pre_auth_code, tran_id
 
 
-@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
-@pytest.mark.parametrize("undo_restores_hold", [False, True], ids=["to-card", "to-hold"])
 async def test_an_undone_capture_goes_back_where_the_reading_says(
     sim: ViiSimulator, vii: ViiClient, capture_frees_rest: bool, undo_restores_hold: bool
 ) -> None:

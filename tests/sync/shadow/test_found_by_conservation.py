@@ -71,7 +71,6 @@ async def shop(
     await shopify.aclose()
 
 
-@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
 async def test_a_regrow_whose_cancel_answer_was_lost_never_credits_an_unheld_card(
     shop: LossyShop, capture_frees_rest: bool
 ) -> None:
@@ -100,7 +99,6 @@ async def test_a_regrow_whose_cancel_answer_was_lost_never_credits_an_unheld_car
     assert shop.captured() == Decimal("0.00")
 
 
-@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
 async def test_a_capture_undone_after_its_answer_was_lost_is_taken_again_in_full(
     shop: LossyShop, capture_frees_rest: bool
 ) -> None:
@@ -127,7 +125,6 @@ async def test_a_capture_undone_after_its_answer_was_lost_is_taken_again_in_full
     assert await shop.rows("SELECT type, subject FROM findings") == []
 
 
-@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
 async def test_money_spent_on_shopify_stays_held_while_a_lost_capture_is_undone(
     shop: LossyShop, capture_frees_rest: bool
 ) -> None:
@@ -153,13 +150,12 @@ async def test_money_spent_on_shopify_stays_held_while_a_lost_capture_is_undone(
     assert (await shop.shadow(code)).captured_amount_minor == 3000
 
 
-@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
 async def test_a_regrow_whose_capture_was_lost_hands_the_card_to_its_close(
     shop: LossyShop, capture_frees_rest: bool
 ) -> None:
-    """Found as (invariant, 1,000 examples): apply 1.00 (Vii has 80.00), an order spends 0.51, a grow with the
-    PIN while Vii's answers are lost: the re-hold emptied the card and its capture (and that
-    capture's Undo) lost their answers. The Undo job then landed on its own while the card
+    """Found as (invariant, 1,000 examples): apply 1.00 (Vii has 80.00), an order spends 0.51,
+    a grow with the PIN while Vii's answers are lost: the re-hold emptied the card and its
+    capture (and that capture's Undo) lost their answers. The Undo job then landed on its own while the card
     stayed live, so the 0.51 Shopify spent was free on the Vii card with no close coming;
     spent elsewhere meanwhile, it could never be taken. Now a capture in doubt closes the card,
     and the close undoes it and captures again in one job."""
@@ -209,7 +205,6 @@ async def test_after_a_regrow_lost_the_same_checkout_gets_a_new_card(shop: Lossy
     assert Decimal(shop.card(code)["balance"]) == Decimal("0.00")
 
 
-@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
 async def test_a_regrow_that_dies_after_vii_took_the_capture_is_closed_by_its_undo(
     shop: LossyShop, capture_frees_rest: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,7 +233,6 @@ async def _dies(*args: object, **kwargs: object) -> None:
     raise RuntimeError("process died")
 
 
-@pytest.mark.parametrize("capture_frees_rest", [True, False], ids=["frees-rest", "keeps-rest"])
 async def test_vii_spent_while_a_lost_capture_is_undone_is_reported_to_the_cent(
     shop: LossyShop, capture_frees_rest: bool, undo_restores_hold: bool
 ) -> None:
