@@ -107,9 +107,10 @@ class ViiSimulator:
         """No source says whether a capture with PreAuthCode frees what it did not take. True:
         the hold closes (the rest is free again). False: the rest stays held until cancelled."""
         self.undo_restores_hold = False
-        """No source says where an Undo of a capture (a Redemption with PreAuthCode) puts the
-        money. False: back on the card, free to spend (the harsher reading). True: back into
-        the hold it was taken from, which opens again unless it was cancelled since."""
+        """UPSTREAMS (Vii: `Undo` "reverses a transaction", from the Magento module) does not
+        say where an Undo of a capture (a Redemption with PreAuthCode) puts the money. False:
+        back on the card, free to spend (the harsher reading). True: back into the hold it was
+        taken from, which opens again unless it was cancelled since."""
         self.barrier: asyncio.Event | None = None
         """When set, requests for `barrier_cards` (all, if empty) wait here, counted in
         `waiting`, until a test releases them: concurrency without timing."""
